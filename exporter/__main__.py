@@ -1,0 +1,176 @@
+"""`python -m exporter`: checkpoint -> parity-gated ONNX model directory.
+
+Exit codes: 0 exported; 1 the parity gate (or the export itself) failed; 2 bad
+arguments or a missing/broken checkpoint. Every failure is one line on stderr, and
+the output directory is either the previous one or the complete new one: the model
+is built in a hidden sibling directory and renamed into place only after the gate.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from exporter.config import ExportConfig, parse_config
+from exporter.export import Checkpoint, CheckpointError, export_onnx, load_checkpoint
+
+log = logging.getLogger("exporter")
+MODEL_FILES = ("model.onnx", "tokenizer.json", "config.json", "export_report.json")
+
+
+class UsageError(Exception):
+    """Bad input that is not the checkpoint's fault (exit 2)."""
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"exporter: error: {message}", file=sys.stderr)
+    return code
+
+
+def _check_output_dir(path: Path) -> None:
+    """Replace a previous model directory, never an unrelated one."""
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"--output-dir {path} exists and is not a directory")
+        entries = {p.name for p in path.iterdir()}
+        if entries and "export_report.json" not in entries:
+            raise UsageError(f"--output-dir {path} is not empty and not a model directory; refusing to replace it")
+
+
+def _publish(stage: Path, output_dir: Path) -> None:
+    old = None
+    if output_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+        output_dir.rename(old / "model")
+    stage.rename(output_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_graph(cfg: ExportConfig, ckpt: Checkpoint, work: Path, dst: Path) -> tuple[list[str], str | None]:
+    """Write the graph to serve at `dst`; returns the pipeline steps and the int8 ISA."""
+    from exporter import optimize, quantize
+
+    fp32 = export_onnx(ckpt, work, cfg.opset)
+    steps = [f"optimum export fp32 (opset {cfg.opset or 'default'})"]
+    quant = cfg.resolved_quantization
+    isa = None
+    if quant == "int8":
+        isa = quantize.detect_isa() if cfg.isa == "auto" else cfg.isa
+        steps += optimize.optimize_then_quantize(fp32, dst, ckpt.model.config, cfg.optimize, isa, cfg.per_channel)
+    elif quant == "fp16":
+        fused = optimize.fuse(fp32, work / "fused.onnx", ckpt.model.config, cfg.optimize, use_gpu=True)
+        steps.append(f"fusions {cfg.optimize}")
+        quantize.convert_fp16(fused, dst)
+        steps.append("fp16 conversion (io kept int64/fp32)")
+    else:
+        optimize.fuse(fp32, dst, ckpt.model.config, cfg.optimize, use_gpu=cfg.target == "gpu")
+        steps.append(f"fusions {cfg.optimize}")
+    return steps, isa
+
+
+def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Path) -> dict:
+    """Build the complete model directory in `stage`; returns the report."""
+    from exporter import latency, parity, report
+
+    model_path = stage / "model.onnx"
+    log.info("exporting %s (%s, quantize %s, optimize %s)", ckpt.path, cfg.target,
+             cfg.resolved_quantization, cfg.optimize)
+    steps, isa = build_graph(cfg, ckpt, work, model_path)
+
+    encoder = ckpt.encoder()
+    encoder.save_serving_tokenizer(stage / "tokenizer.json")
+
+    session = parity.open_session(model_path, cfg.target, cfg.threads)
+    log.info("parity on %d reviews from %s", len(eval_set.texts), eval_set.source)
+    parity_result = parity.parity_report(ckpt.model, session, encoder, eval_set)
+    log.info("measuring latency (batch %s, seq %d)", latency.BATCH_SIZES, latency.SEQ_LEN)
+    latency_result = latency.measure_latency(
+        session, cfg.latency_repeats, threads=cfg.threads,
+        vocab_size=int(ckpt.model.config.vocab_size), seed=cfg.seed,
+    )
+
+    serving = report.serving_block(
+        truncation=ckpt.truncation.to_dict(),
+        model_name=cfg.model_name or Path(str(ckpt.training_config["base_model"])).name,
+        model_version=cfg.model_version or report.file_sha256(model_path)[:12],
+        quantization=cfg.resolved_quantization,
+        optimization=cfg.optimize,
+        target=cfg.target,
+    )
+    hf_config = dict(ckpt.hf_config)
+    hf_config["serving"] = serving
+    (stage / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+
+    sizes = {"model.onnx": model_path.stat().st_size, "fp32_export.onnx": (work / "fp32" / "model.onnx").stat().st_size}
+    result = report.build_report(
+        checkpoint=ckpt.path, training_config=ckpt.training_config, config=cfg.to_dict(), isa=isa,
+        quantization=cfg.resolved_quantization, optimization=cfg.optimize,
+        graph=report.graph_facts(model_path), sizes=sizes, parity=parity_result,
+        latency=latency_result, serving=serving, steps=steps,
+    )
+    (stage / "export_report.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config(argv)
+    except SystemExit as exc:  # argparse: --help (0) or one-line usage error (2)
+        return int(exc.code or 0)
+    from exporter.parity import EvalDataError, gate_failures, load_eval_set
+
+    try:
+        _check_output_dir(cfg.output_dir)
+        ckpt = load_checkpoint(cfg.checkpoint)
+        # before the export: a wrong --eval-data should fail in seconds, not minutes
+        vocab = list(Tokenizer.from_file(str(ckpt.tokenizer_file)).get_vocab())
+        eval_set = load_eval_set(cfg.eval_data, cfg.eval_samples, cfg.seed, vocab, ckpt.training_config)
+    except (CheckpointError, UsageError, EvalDataError) as exc:
+        return _fail(str(exc), 2)
+
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("exporter: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+    output_dir = cfg.output_dir.resolve()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    stage.chmod(0o755)  # mkdtemp makes it private; the published model dir must be readable
+    work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.work-", dir=output_dir.parent))
+    try:
+        try:
+            result = export(cfg, ckpt, eval_set, stage, work)
+        except Exception as exc:
+            log.debug("export failed", exc_info=True)
+            return _fail(f"export failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", 1)
+        reasons = gate_failures(result["parity"], cfg.max_accuracy_drop, cfg.min_agreement)
+        if reasons:
+            return _fail("parity gate failed, nothing written: " + "; ".join(reasons), 1)
+        assert sorted(p.name for p in stage.iterdir()) == sorted(MODEL_FILES), "stray file in model dir"
+        _publish(stage, output_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    p = result["parity"]
+    lat = result["latency_ms"]["batches"]
+    print(
+        f"exported {output_dir}: {result['quantization']} {result['optimization']}, "
+        f"{result['file_sizes_bytes']['model.onnx'] / 1e6:.1f} MB, agreement {p['label_agreement']:.4f}, "
+        f"accuracy pytorch {p['pytorch_accuracy']} onnx {p['onnx_accuracy']}, "
+        f"max|dp| {p['max_abs_prob_diff']:.4f}, latency b1 {lat['1']['median_ms']} ms b32 {lat['32']['median_ms']} ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

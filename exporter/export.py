@@ -1,0 +1,107 @@
+"""Checkpoint loading and the plain fp32 ONNX export (optimum, dynamic batch and sequence)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from server.tokenization import TextEncoder, TruncationConfig
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+REQUIRED_TRAINING_KEYS = ("base_model", "max_length", "truncation")
+
+
+class CheckpointError(Exception):
+    """The checkpoint is missing or unusable; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    hf_config: dict
+    training_config: dict
+    truncation: TruncationConfig
+    model: object  # transformers PreTrainedModel, eval mode
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    def encoder(self) -> TextEncoder:
+        return TextEncoder.from_file(self.tokenizer_file, self.truncation)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a mapping")
+    return data
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Validate the trainer's layout, then load the PyTorch model (eval mode, fp32)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    for name in ("config.json", "tokenizer.json", "training_config.yaml"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint {path} has no {name}")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise CheckpointError(f"checkpoint {path} has no weights ({' or '.join(WEIGHT_FILES)})")
+    try:
+        hf_config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path / 'config.json'}: {exc}") from None
+    training = _read_yaml(path / "training_config.yaml")
+    missing = [k for k in REQUIRED_TRAINING_KEYS if k not in training]
+    if missing:
+        raise CheckpointError(f"{path / 'training_config.yaml'} lacks {', '.join(missing)}")
+    try:
+        truncation = TruncationConfig.from_dict(training)
+        TextEncoder.from_file(path / "tokenizer.json", truncation)
+    except Exception as exc:  # tokenizers raises bare Exception subclasses
+        raise CheckpointError(f"checkpoint tokenizer/truncation unusable: {exc}") from None
+
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    transformers.logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    except Exception as exc:  # corrupt weights, unknown architecture, shape mismatch...
+        raise CheckpointError(f"cannot load model from {path}: {type(exc).__name__}: {_first_line(exc)}") from None
+    if int(model.config.num_labels) < 2:
+        raise CheckpointError(f"checkpoint {path} has {model.config.num_labels} labels, need >= 2")
+    return Checkpoint(path, hf_config, training, truncation, model)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def export_onnx(checkpoint: Checkpoint, work_dir: Path, opset: int | None = None) -> Path:
+    """fp32 graph with dynamic batch and sequence axes; returns its path.
+
+    optimum's own validation is off: parity.py compares against PyTorch on real reviews
+    through the server's preprocessing, which is the comparison that matters.
+    """
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    out = Path(work_dir) / "fp32"
+    onnx_export_from_model(
+        checkpoint.model,
+        out,
+        opset=opset,
+        task="text-classification",
+        do_validation=False,
+    )
+    model_path = out / "model.onnx"
+    if not model_path.is_file():
+        raise RuntimeError(f"optimum produced no model.onnx in {out}")
+    return model_path

@@ -1,0 +1,166 @@
+"""PyTorch vs ONNX on held-out reviews, through the server's own preprocessing.
+
+Both models receive the same ids: TextEncoder (clean, tokenize, truncate as in
+training) then pad_batch, exactly what the server's runner does. Any difference in
+labels is therefore the graph's, not the tokenizer's.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from server.tokenization import TextEncoder, pad_batch
+
+DEFAULT_DATA_DIR = Path("data/imdb")
+BATCH = 16
+
+
+class EvalDataError(Exception):
+    """--eval-data is missing or unreadable; the message names it."""
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    texts: list[str]
+    labels: list[int] | None  # None for random text: agreement only, no accuracy
+    source: str
+
+
+def open_session(path: Path, target: str = "cpu", threads: int = 0):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CPUExecutionProvider"]
+    if target == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def onnx_feed(session, ids: np.ndarray, mask: np.ndarray) -> dict:
+    names = {i.name for i in session.get_inputs()}
+    feed = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in names:  # BERT has segment embeddings; one segment -> zeros
+        feed["token_type_ids"] = np.zeros_like(ids)
+    return {k: v for k, v in feed.items() if k in names}
+
+
+def load_eval_set(data_dir: Path | None, n: int, seed: int, vocab: list[str],
+                  training_config: dict | None = None) -> EvalSet:
+    """`n` labelled held-out reviews, or random text when no data is available.
+
+    `training_config` (the checkpoint's) supplies the seed and validation fraction, so
+    the reviews come from the validation split the trainer held out.
+    """
+    explicit = data_dir is not None
+    data_dir = Path(data_dir) if explicit else DEFAULT_DATA_DIR
+    if data_dir.is_dir():
+        return _load_reviews(data_dir, n, seed, training_config or {})
+    if explicit:
+        raise EvalDataError(f"--eval-data {data_dir} is not a directory")
+    return _random_text(n, seed, vocab)
+
+
+def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict) -> EvalSet:
+    import pandas as pd
+
+    frame, source = None, None
+    try:
+        from trainer.data import load_splits
+    except ImportError:  # exporter installed without the trainer: read parquet directly
+        load_splits = None
+    try:
+        if load_splits is not None:  # the trainer's validation split: the gate never sees test
+            kwargs = {k: training_config[k] for k in ("val_fraction", "seed") if k in training_config}
+            frame = load_splits(data_dir, **kwargs).val
+            source = f"{data_dir} validation split (trainer.data.load_splits {kwargs or 'defaults'})"
+        else:
+            name = next((n for n in ("validation.parquet", "test.parquet") if (data_dir / n).is_file()), None)
+            if name is None:
+                raise EvalDataError(f"{data_dir} has no validation.parquet or test.parquet")
+            frame, source = pd.read_parquet(data_dir / name, columns=["text", "label"]), str(data_dir / name)
+    except EvalDataError:
+        raise
+    except Exception as exc:
+        raise EvalDataError(f"cannot read eval data {data_dir}: {exc}") from None
+    # files are sorted by label: sample, never take the head
+    frame = frame.sample(n=min(n, len(frame)), random_state=seed)
+    return EvalSet(frame["text"].astype(str).tolist(), frame["label"].astype(int).tolist(), source)
+
+
+def _random_text(n: int, seed: int, vocab: list[str]) -> EvalSet:
+    rng = random.Random(seed)
+    words = [w for w in vocab if w.isalpha() and len(w) > 2] or ["film"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 300))) for _ in range(n)]
+    return EvalSet(texts, None, "random text (no --eval-data and no data/imdb)")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def torch_probs(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+    return _softmax(logits.float().numpy())
+
+
+def onnx_probs(session, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    logits = session.run(None, onnx_feed(session, ids, mask))[0]
+    return _softmax(np.asarray(logits, dtype=np.float32))
+
+
+def parity_report(model, session, encoder: TextEncoder, eval_set: EvalSet) -> dict:
+    """Label agreement, accuracy of each side, max |prob diff| over all classes."""
+    seqs = encoder.encode_batch(eval_set.texts)
+    # sort by length so each padded batch is tight, as the server's batcher does
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    pt_rows, ox_rows = {}, {}
+    for start in range(0, len(order), BATCH):
+        idx = order[start : start + BATCH]
+        ids, mask = pad_batch([seqs[i] for i in idx], encoder.pad_id)
+        for i, p, q in zip(idx, torch_probs(model, ids, mask), onnx_probs(session, ids, mask)):
+            pt_rows[i], ox_rows[i] = p, q
+    pt = np.stack([pt_rows[i] for i in range(len(seqs))])
+    ox = np.stack([ox_rows[i] for i in range(len(seqs))])
+    pt_label, ox_label = pt.argmax(1), ox.argmax(1)
+    report = {
+        "samples": len(seqs),
+        "source": eval_set.source,
+        "label_agreement": float((pt_label == ox_label).mean()),
+        "max_abs_prob_diff": float(np.abs(pt - ox).max()),
+        "mean_abs_prob_diff": float(np.abs(pt - ox).mean()),
+        "pytorch_accuracy": None,
+        "onnx_accuracy": None,
+        "accuracy_drop_points": None,
+    }
+    if eval_set.labels is not None:
+        labels = np.asarray(eval_set.labels)
+        report["pytorch_accuracy"] = float((pt_label == labels).mean())
+        report["onnx_accuracy"] = float((ox_label == labels).mean())
+        report["accuracy_drop_points"] = 100.0 * (report["pytorch_accuracy"] - report["onnx_accuracy"])
+    return report
+
+
+def gate_failures(parity: dict, max_accuracy_drop: float, min_agreement: float) -> list[str]:
+    """Reasons this export must not ship; empty when it passes."""
+    reasons = []
+    if parity["label_agreement"] < min_agreement:
+        reasons.append(
+            f"label agreement {parity['label_agreement']:.4f} < --min-agreement {min_agreement}"
+        )
+    drop = parity["accuracy_drop_points"]
+    if drop is not None and drop > max_accuracy_drop:
+        reasons.append(
+            f"accuracy drop {drop:.2f} points (PyTorch {parity['pytorch_accuracy']:.4f}, "
+            f"ONNX {parity['onnx_accuracy']:.4f}) > --max-accuracy-drop {max_accuracy_drop}"
+        )
+    return reasons

@@ -1,0 +1,131 @@
+"""`python -m loadtest`: run locust headless against a server and gate on the SLA.
+
+    python -m loadtest --host http://127.0.0.1:8000 --users 20 --spawn-rate 20 --run-time 60s \
+        [--sla-p95-ms 200] [--sla-p99-ms N] [--max-error-rate 0.01] [--report-dir reports/loadtest] \
+        [-- extra locust options, e.g. --multi-fraction 0.3 --think-min-s 0.1 --think-max-s 0.5]
+
+Writes locust's CSV (`locust_stats.csv`, ...) and HTML report into the report directory,
+prints a per-endpoint table, and ends with one line: PASS or FAIL with the figures.
+Exit status: 0 PASS, 1 FAIL (SLA broken), 2 the test could not run (bad flag, server
+unreachable, locust failed). User mix and think time: see loadtest/locustfile.py.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from loadtest.sla import SlaConfig, evaluate, format_table, read_locust_stats
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+_RUN_TIME = re.compile(r"^(?:\d+h)?(?:\d+m)?(?:\d+s)?$|^\d+$")
+
+
+@dataclass(frozen=True)
+class LoadtestConfig:
+    host: str = field(metadata={"help": "server base URL, e.g. http://127.0.0.1:8000", "required": True})
+    users: int = field(default=20, metadata={"help": "concurrent locust users"})
+    spawn_rate: float = field(default=20.0, metadata={"help": "users started per second"})
+    run_time: str = field(default="60s", metadata={"help": "test duration: 30s, 5m, 1h30m"})
+    sla_p95_ms: float = field(default=200.0, metadata={"help": "p95 latency limit, ms"})
+    sla_p99_ms: float | None = field(default=None, metadata={"help": "p99 latency limit, ms (off by default)"})
+    max_error_rate: float = field(default=0.01, metadata={"help": "largest allowed share of failed requests"})
+    report_dir: str = field(default="reports/loadtest", metadata={"help": "where locust's CSV and HTML go"})
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.host)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"--host must be an http(s) URL like http://127.0.0.1:8000, got {self.host!r}")
+        if self.users < 1:
+            raise ValueError(f"--users must be >= 1, got {self.users}")
+        if not self.spawn_rate > 0:
+            raise ValueError(f"--spawn-rate must be > 0, got {self.spawn_rate}")
+        if not self.run_time or not _RUN_TIME.match(self.run_time):
+            raise ValueError(f"--run-time must look like 30s, 5m or 1h30m, got {self.run_time!r}")
+
+    def sla(self) -> SlaConfig:
+        return SlaConfig(p95_ms=self.sla_p95_ms, p99_ms=self.sla_p99_ms, max_error_rate=self.max_error_rate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description="Locust SLA gate: exit 0 when p95/p99/error rate hold, 1 when broken, 2 when it cannot run.",
+    )
+    for f in fields(LoadtestConfig):
+        kind = {"int": int, "float": float, "str": str, "float | None": float}[str(f.type)]
+        flag = "--" + f.name.replace("_", "-")
+        if f.metadata.get("required"):
+            parser.add_argument(flag, type=kind, required=True, help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, type=kind, default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
+    parser.add_argument("locust_args", nargs="*", help="after `--`: extra options passed to locust unchanged")
+    return parser
+
+
+def locust_command(config: LoadtestConfig, extra: list[str]) -> list[str]:
+    prefix = Path(config.report_dir) / "locust"
+    return [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--host", config.host, "--users", str(config.users), "--spawn-rate", str(config.spawn_rate),
+        "--run-time", config.run_time, "--csv", str(prefix), "--html", str(prefix) + "_report.html",
+        "--only-summary", "--stop-timeout", "5", "--loglevel", "WARNING",
+        # The SLA decides the exit status, not "any request failed".
+        "--exit-code-on-error", "0",
+        *extra,
+    ]
+
+
+def check_reachable(url: str, timeout_s: float = 3.0) -> None:
+    """Fail fast with one clear line, rather than a minute of connection errors."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+        pass
+
+
+def run(config: LoadtestConfig, extra: list[str]) -> int:
+    report_dir = Path(config.report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        check_reachable(config.host)
+    except OSError as exc:
+        print(f"error: cannot connect to {config.host}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    log_path = report_dir / "locust.log"
+    print(f"locust: {config.users} users (spawn {config.spawn_rate:g}/s) for {config.run_time} against {config.host}", flush=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.run(locust_command(config, extra), stdout=log, stderr=subprocess.STDOUT)
+    stats_path = report_dir / "locust_stats.csv"
+    if proc.returncode != 0 or not stats_path.is_file():
+        tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-1:]
+        print(f"error: locust exited with status {proc.returncode}: {tail[0] if tail else 'no output'} (log: {log_path})",
+              file=sys.stderr)
+        return 2
+    rows, total = read_locust_stats(stats_path)
+    verdict = evaluate(total, config.sla())
+    print(format_table(rows, total))
+    print(f"reports: {stats_path}, {report_dir / 'locust_report.html'}, {log_path}")
+    print(verdict.line(config.sla()), flush=True)
+    return 0 if verdict.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in fields(LoadtestConfig)}
+    try:
+        config = LoadtestConfig(**values)
+        config.sla()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run(config, list(args.locust_args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""`python -m loadtest.bench`: capacity benchmark, four ways, same model and same texts.
+
+    python -m loadtest.bench --model-dir artifacts/model --checkpoint artifacts/checkpoint \
+        [--duration-s 20] [--max-steps 6] [--texts 1000] [--quick] [--output-dir docs]
+
+1. ceiling: the server's own OnnxRunner (TextEncoder + ONNX Runtime, same thread settings)
+   in a tight loop over length-sorted batches of --max-batch-size; no HTTP, no queue;
+2. `python -m server` with dynamic batching: the highest open-loop (Poisson) request rate
+   with p95 <= --sla-p95-ms and errors <= --max-error-rate, then p50/p95/p99 at 50% and 80%;
+3. the same server with --max-batch-size 1 (batching off), same search;
+4. loadtest.torch_baseline: PyTorch eager, one request at a time, same search.
+Each request carries one review, so requests/s = texts/s. Servers run as subprocesses on
+free 127.0.0.1 ports; the load generator runs in this process, and its CPU use is measured
+per step (and both sides can be pinned with --server-cpus / --client-cpus).
+Writes <output-dir>/BENCHMARKS.md and benchmarks.json; server logs go to --log-dir.
+"""
+from __future__ import annotations
+
+import os
+
+# As the server does, before `tokenizers` loads: the ceiling must run with its settings.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass, fields  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import aiohttp  # noqa: E402
+
+from loadtest.bench_report import machine_info, write_report  # noqa: E402
+from loadtest.openloop import capacity, closed_loop_throughput, next_rate, payloads, run_step  # noqa: E402
+from loadtest.procs import ServedProcess, parse_cpus  # noqa: E402
+from loadtest.texts import DEFAULT_DATA_DIR, load_texts  # noqa: E402
+
+QUICK = {"texts": 96, "duration_s": 4.0, "max_steps": 3, "probe_s": 2.0}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model_dir: Path
+    checkpoint: Path
+    texts: int = 1000
+    data_dir: str = DEFAULT_DATA_DIR
+    max_batch_size: int = 32
+    intra_op_threads: int = 0
+    torch_threads: int = 0
+    torch_device: str = "cpu"
+    duration_s: float = 20.0
+    max_steps: int = 6
+    probe_s: float = 5.0
+    probe_concurrency: int = 32
+    sla_p95_ms: float = 200.0
+    max_error_rate: float = 0.01
+    timeout_s: float = 5.0
+    server_cpus: str = ""
+    client_cpus: str = ""
+    server_args: str = ""
+    skip: str = ""
+    output_dir: Path = Path("docs")
+    log_dir: Path = Path("reports/bench")
+    quick: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("texts", "max_batch_size", "max_steps", "probe_concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("duration_s", "probe_s", "sla_p95_ms", "timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ValueError(f"--max-error-rate must be within [0, 1], got {self.max_error_rate}")
+        unknown = set(self.skipped) - {"batch1", "torch"}
+        if unknown:
+            raise ValueError(f"--skip takes batch1 and/or torch, got {', '.join(sorted(unknown))}")
+        parse_cpus(self.server_cpus), parse_cpus(self.client_cpus)  # raise early on a bad list
+
+    @property
+    def skipped(self) -> tuple[str, ...]:
+        return tuple(s for s in self.skip.split(",") if s)
+
+
+def measure_ceiling(config: BenchConfig, texts: list[str]) -> dict:
+    """Texts/s of tokenize + pad + ONNX Runtime over length-sorted full batches, nothing else."""
+    from server.runner import OnnxRunner
+
+    cpus = parse_cpus(config.server_cpus)
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # before the session: its threads inherit this set
+    runner = OnnxRunner(config.model_dir, intra_op_threads=config.intra_op_threads)
+    runner.warmup()
+    order = sorted(range(len(texts)), key=lambda i: len(runner.encode([texts[i]])[0]))
+    batches = [[texts[i] for i in order[k:k + config.max_batch_size]]
+               for k in range(0, len(order), config.max_batch_size)]
+    done = tokens = padded = 0
+    min_s = max(2.0, config.duration_s / 2)
+    start = time.perf_counter()
+    while True:  # whole passes over the texts, until the minimum time is reached
+        for batch in batches:
+            seqs = runner.encode(batch)
+            runner.predict(seqs)
+            done += len(batch)
+            tokens += sum(len(s) for s in seqs)
+            padded += len(seqs) * max(len(s) for s in seqs)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_s:
+            break
+    result = {"texts_per_s": done / elapsed, "texts": done, "seconds": elapsed, "batch_size": config.max_batch_size,
+              "mean_tokens": tokens / done, "padding_ratio": 1 - tokens / padded, "runner": runner.info}
+    del runner
+    if parse_cpus(config.client_cpus):
+        os.sched_setaffinity(0, parse_cpus(config.client_cpus))
+    elif cpus:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    return result
+
+
+async def search(name: str, proc: ServedProcess, bodies: list[bytes], config: BenchConfig,
+                 extra_fractions: tuple[float, ...] = ()) -> dict:
+    """Probe closed-loop throughput, then bisect the open-loop rate that meets the SLA."""
+    url = proc.url + "/v1/predict"
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await closed_loop_throughput(session, url, bodies, 4, min(2.0, config.probe_s))  # warm-up
+        bound = await closed_loop_throughput(session, url, bodies, config.probe_concurrency, config.probe_s)
+        print(f"[{name}] closed-loop throughput ({config.probe_concurrency} clients): {bound:.1f} req/s", flush=True)
+        history, steps = [], []
+        rate = next_rate(history, start=0.7 * bound, upper=1.1 * bound)
+        while rate is not None and len(steps) < config.max_steps:
+            step = await run_step(session, url, bodies, rate, config.duration_s, seed=config.seed + len(steps),
+                                  timeout_s=config.timeout_s, server_cpu=proc.cpu_seconds)
+            ok = step.meets(config.sla_p95_ms, config.max_error_rate)
+            history.append((rate, ok))
+            steps.append(step.to_dict())
+            print(f"[{name}] {_describe(step)} -> {'meets' if ok else 'misses'} SLA", flush=True)
+            await asyncio.sleep(1.0)  # let the server drain before the next rate
+            rate = next_rate(history, start=0.7 * bound, upper=1.1 * bound)
+        cap = capacity(history)
+        at = {}
+        for fraction in extra_fractions if cap > 0 else ():
+            step = await run_step(session, url, bodies, fraction * cap, config.duration_s,
+                                  seed=config.seed + 100 + len(at), timeout_s=config.timeout_s,
+                                  server_cpu=proc.cpu_seconds)
+            at[f"{fraction:.0%}"] = step.to_dict()
+            print(f"[{name}] at {fraction:.0%} of capacity: {_describe(step)}", flush=True)
+            await asyncio.sleep(1.0)
+    best = next((s for s in steps if s["rate"] == cap), None)
+    return {"closed_loop_rps": bound, "capacity_rps": cap, "at_capacity": best, "at_fraction": at,
+            "steps": steps, "search_exhausted": rate is not None}
+
+
+def _describe(step) -> str:
+    return (f"rate {step.rate:.1f}/s: sent {step.sent}, p50 {step.p50_ms:.0f} ms, p95 {step.p95_ms:.0f} ms, "
+            f"p99 {step.p99_ms:.0f} ms, errors {step.error_rate:.1%}, client CPU {step.client_cpu_cores:.2f} cores")
+
+
+def run(config: BenchConfig, argv: list[str]) -> int:
+    texts, source = load_texts(config.texts, config.data_dir, seed=config.seed)
+    bodies = payloads(texts)
+    info = machine_info()
+    print(f"bench: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
+          f"{info['logical_cpus']} CPUs", flush=True)
+    ceiling = measure_ceiling(config, texts)
+    threads = ceiling["runner"]["intra_op_threads"]
+    print(f"[ceiling] {ceiling['texts_per_s']:.1f} texts/s (batch {config.max_batch_size}, {threads} intra-op threads)",
+          flush=True)
+    server_cmd = [sys.executable, "-m", "server", "--model-dir", str(config.model_dir), "--host", "127.0.0.1",
+                  "--intra-op-threads", str(threads), *shlex.split(config.server_args)]
+    targets = [("server", server_cmd + ["--max-batch-size", str(config.max_batch_size)], (0.5, 0.8))]
+    if "batch1" not in config.skipped:
+        targets.append(("server_batch1", server_cmd + ["--max-batch-size", "1"], ()))
+    if "torch" not in config.skipped:
+        targets.append(("torch_baseline", [sys.executable, "-m", "loadtest.torch_baseline", "--checkpoint",
+                                           str(config.checkpoint), "--host", "127.0.0.1", "--threads",
+                                           str(config.torch_threads or threads), "--device", config.torch_device], ()))
+    results = {}
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    for name, cmd, fractions in targets:
+        with ServedProcess(cmd, config.log_dir / f"{name}.log", parse_cpus(config.server_cpus)) as proc:
+            results[name] = {"command": shlex.join(cmd[1:] + ["--port", str(proc.port)]), "ready": proc.ready_body,
+                             **asyncio.run(search(name, proc, bodies, config, fractions))}
+    info["load_average_end"] = os.getloadavg()
+    paths = write_report(config.output_dir, {
+        "command": "python -m loadtest.bench " + shlex.join(argv),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "texts": {"count": len(texts), "source": source}, "machine": info, "ceiling": ceiling, **results,
+    })
+    print(f"wrote {', '.join(str(p) for p in paths)}", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.splitlines()[0])
+    for f in fields(BenchConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", help="smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+                                + "; output to reports/bench-quick unless --output-dir is given")
+        elif f.name in ("model_dir", "checkpoint"):
+            parser.add_argument(flag, type=Path, required=True)
+        else:
+            kind = {"int": int, "float": float, "str": str, "Path": Path}[f.type]
+            parser.add_argument(flag, type=kind, default=None, help=f"(default: {f.default})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = vars(build_parser().parse_args(argv))
+    defaults = {f.name: f.default for f in fields(BenchConfig) if f.name not in ("model_dir", "checkpoint")}
+    if args["quick"]:
+        defaults.update(QUICK, output_dir=Path("reports/bench-quick"))
+    values = {k: (defaults[k] if v is None and k in defaults else v) for k, v in args.items()}
+    try:
+        config = BenchConfig(**values)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path, what in ((config.model_dir / "model.onnx", "--model-dir"), (config.checkpoint / "config.json", "--checkpoint")):
+        if not path.is_file() and not (what == "--checkpoint" and "torch" in config.skipped):
+            print(f"error: {what} {path.parent} has no {path.name}", file=sys.stderr)
+            return 2
+    try:
+        return run(config, argv)
+    except RuntimeError as exc:  # a served process failed to start: one line, log path included
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

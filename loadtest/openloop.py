@@ -1,0 +1,185 @@
+"""Open-loop load: Poisson arrivals at a fixed rate, and the search for the highest rate
+that still meets the SLA.
+
+Open loop means each request is sent at its scheduled arrival time whatever the state of
+earlier ones, as independent users do; a closed loop (N users waiting for answers) slows
+down with the server and hides queueing. Latency is measured from the *scheduled* arrival
+time, so any delay in the generator itself counts against the server (conservative), and
+the generator's own send lag is reported to show it was not the bottleneck.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import aiohttp
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One fixed-rate step. Latencies in ms over every request (errors included)."""
+
+    rate: float
+    duration_s: float
+    sent: int
+    ok: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    achieved_rps: float  # successful answers per second of the step's wall time
+    send_lag_p99_ms: float  # how late the generator sent, vs the schedule
+    client_cpu_cores: float  # this process's CPU time / wall time
+    server_cpu_cores: float | None = None
+    error_kinds: dict = field(default_factory=dict)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.sent if self.sent else 1.0
+
+    def meets(self, p95_ms: float, max_error_rate: float) -> bool:
+        return self.sent > 0 and self.p95_ms <= p95_ms and self.error_rate <= max_error_rate
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "error_rate": self.error_rate}
+
+
+def poisson_arrivals(rate: float, duration_s: float, rng: random.Random) -> list[float]:
+    """Arrival offsets (s) of a Poisson process of `rate`/s within [0, duration_s)."""
+    out, t = [], rng.expovariate(rate)
+    while t < duration_s:
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+def payloads(texts: Sequence[str]) -> list[bytes]:
+    """One single-text request body per review, serialised once, outside the timed loop."""
+    return [json.dumps({"text": t}).encode() for t in texts]
+
+
+async def run_step(session: aiohttp.ClientSession, url: str, bodies: Sequence[bytes], rate: float,
+                   duration_s: float, seed: int = 0, timeout_s: float = 5.0,
+                   server_cpu=None) -> StepResult:
+    """Send Poisson arrivals at `rate`/s for `duration_s` and wait for every answer.
+
+    Bounded: about rate * duration_s requests, each with a `timeout_s` client timeout.
+    `server_cpu`, when given, is a zero-argument callable returning the server's CPU seconds.
+    """
+    rng = random.Random(seed)
+    arrivals = poisson_arrivals(rate, duration_s, rng)
+    offset = rng.randrange(len(bodies))
+    loop = asyncio.get_running_loop()
+    latencies = np.full(len(arrivals), np.nan)
+    lags = np.zeros(len(arrivals))
+    kinds: dict[str, int] = {}
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def one(i: int, due: float) -> None:
+        lags[i] = loop.time() - due
+        try:
+            async with session.post(url, data=bodies[(offset + i) % len(bodies)], timeout=timeout,
+                                    headers={"Content-Type": "application/json"}) as resp:
+                await resp.read()
+                status = resp.status
+        except asyncio.TimeoutError:
+            status = "timeout"
+        except aiohttp.ClientError as exc:
+            status = type(exc).__name__
+        latencies[i] = (loop.time() - due) * 1000.0
+        if status != 200:
+            kinds[str(status)] = kinds.get(str(status), 0) + 1
+
+    cpu0, srv0, wall0 = _cpu_seconds(), (server_cpu() if server_cpu else None), time.perf_counter()
+    start = loop.time() + 0.05
+    tasks = []
+    for i, at in enumerate(arrivals):
+        due = start + at
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - wall0
+    cpu = _cpu_seconds() - cpu0
+    srv = (server_cpu() - srv0) / wall if server_cpu and srv0 is not None else None
+    errors = sum(kinds.values())
+    pct = (lambda q: float(np.percentile(latencies, q))) if len(arrivals) else (lambda q: math.nan)
+    return StepResult(
+        rate=rate, duration_s=duration_s, sent=len(arrivals), ok=len(arrivals) - errors, errors=errors,
+        p50_ms=pct(50), p95_ms=pct(95), p99_ms=pct(99), max_ms=pct(100),
+        achieved_rps=(len(arrivals) - errors) / wall,
+        send_lag_p99_ms=float(np.percentile(lags, 99) * 1000.0) if len(arrivals) else 0.0,
+        client_cpu_cores=cpu / wall, server_cpu_cores=srv, error_kinds=dict(sorted(kinds.items())),
+    )
+
+
+async def closed_loop_throughput(session: aiohttp.ClientSession, url: str, bodies: Sequence[bytes],
+                                 concurrency: int, duration_s: float, timeout_s: float = 10.0) -> float:
+    """Successful answers per second with `concurrency` clients sending back to back.
+
+    Used only to bracket the open-loop search: the SLA-bound rate cannot exceed it.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + duration_s
+    done = 0
+    counter = iter(range(1 << 62))
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def client() -> None:
+        nonlocal done
+        while loop.time() < end:
+            body = bodies[next(counter) % len(bodies)]
+            try:
+                async with session.post(url, data=body, timeout=timeout,
+                                        headers={"Content-Type": "application/json"}) as resp:
+                    await resp.read()
+                    done += resp.status == 200
+            except (asyncio.TimeoutError, aiohttp.ClientError):
+                pass
+
+    t0 = loop.time()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return done / (loop.time() - t0)
+
+
+def next_rate(history: Sequence[tuple[float, bool]], start: float, upper: float,
+              tolerance: float = 0.03, floor: float = 0.1) -> float | None:
+    """The next rate to try, or None when the search is done (pure: testable with numbers).
+
+    `history` holds (rate, met_sla). Bisection between the highest passing rate below the
+    lowest failing one (`lo`, 0 if none) and that failing rate (`hi`); while nothing has
+    failed, grow by 1.5x up to `upper`, the closed-loop throughput bound. Stops when the
+    bracket is within `tolerance` of `hi`, when `upper` passed, or when `hi` < `floor`.
+    """
+    if not history:
+        return min(start, upper)
+    failed = [r for r, ok in history if not ok]
+    if not failed:
+        lo = max(r for r, _ in history)
+        return None if lo >= upper * (1 - 1e-9) else min(lo * 1.5, upper)
+    hi = min(failed)
+    lo = max((r for r, ok in history if ok and r < hi), default=0.0)
+    if hi < floor or hi - lo <= tolerance * hi:
+        return None
+    return (lo + hi) / 2
+
+
+def capacity(history: Sequence[tuple[float, bool]]) -> float:
+    """Highest passing rate below the lowest failing one (0.0 when nothing passed)."""
+    failed = [r for r, ok in history if not ok]
+    hi = min(failed) if failed else math.inf
+    return max((r for r, ok in history if ok and r < hi), default=0.0)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -1,0 +1,107 @@
+"""A server under test as a subprocess: free loopback port, optional CPU pinning, readiness
+wait, CPU accounting, and a clean stop (SIGTERM, then kill)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+
+def parse_cpus(text: str) -> set[int]:
+    """"0,1" or "0-3" -> a CPU set ("" -> empty: no pinning)."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise ValueError(f"CPU list must look like 0,1 or 0-3, got {text!r}") from None
+    return cpus
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServedProcess:
+    """`cmd` plus `--port P`, started on enter, ready when GET /readyz answers 200."""
+
+    def __init__(self, cmd: Sequence[str], log_path: Path, cpus: set[int] | None = None,
+                 ready_timeout_s: float = 180.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [*cmd, "--port", str(self.port)]
+        self.log_path = Path(log_path)
+        self.cpus = cpus or set()
+        self.ready_timeout_s = ready_timeout_s
+        self.ready_body: dict = {}
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "ServedProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "w")
+        cpus = self.cpus
+        # Pinned before exec, so every thread the server starts (ONNX Runtime's too) inherits the set.
+        preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec)
+        log.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.cmd[2]} exited with status {self.proc.returncode} before it was ready: "
+                                   f"{self._log_tail()} (log: {self.log_path})")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        try:
+                            self.ready_body = json.loads(resp.read() or b"{}")
+                        except ValueError:
+                            self.ready_body = {}
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.cmd[2]} not ready after {self.ready_timeout_s:.0f} s (log: {self.log_path})")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, all threads) the process has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _log_tail(self) -> str:
+        try:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return "no output"
+        return lines[-1][:300] if lines else "no output"

@@ -1,0 +1,101 @@
+"""`python -m server --model-dir DIR ...`: serve until SIGTERM/SIGINT, then drain and exit 0.
+
+Shutdown order: readiness goes 503 and new predictions are refused (503 shutting_down),
+every accepted request is answered, then the listener closes; all within --drain-timeout-s.
+"""
+from __future__ import annotations
+
+import os
+
+# Before `tokenizers` is imported: the tokenizer runs in one thread of ours; its own
+# thread pool would fight ONNX Runtime for the same cores.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+import orjson  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+from server.app import begin_drain, create_app, wait_drained  # noqa: E402
+from server.config import ServerConfig, parse_config  # noqa: E402
+from server.runner import ModelDirError, OnnxRunner  # noqa: E402
+
+log = logging.getLogger("server")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; access-log lines are already JSON and are merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name}
+        message = record.getMessage()
+        if record.name == "server.access":
+            line = orjson.loads(message)
+            line.update(base)
+        else:
+            line = {**base, "message": message}
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(line).decode()
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").disabled = True  # ours is server.access
+
+
+async def serve(config: ServerConfig, app: web.Application) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+    await site.start()
+    log.info("listening on http://%s:%d", config.host, config.port)
+    await stop.wait()
+
+    started = time.monotonic()
+    begin_drain(app)
+    log.info("draining: readiness 503, new requests refused")
+    drained = await wait_drained(app, config.drain_timeout_s)
+    left = max(0.1, config.drain_timeout_s - (time.monotonic() - started))
+    if not drained:
+        log.warning("drain timeout: some accepted requests were not answered")
+    try:
+        await asyncio.wait_for(runner.cleanup(), timeout=left)
+    except asyncio.TimeoutError:
+        log.warning("shutdown did not finish within the drain timeout")
+    log.info("stopped after %.2f s of draining", time.monotonic() - started)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(argv)
+    setup_logging(config.log_level)
+    try:
+        runner = OnnxRunner(config.model_dir, config.intra_op_threads, config.inter_op_threads, config.truncate)
+    except ModelDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(config, runner=runner)
+    try:
+        asyncio.run(serve(config, app))
+    except OSError as exc:  # port in use, address not available
+        print(f"error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

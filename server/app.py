@@ -1,0 +1,92 @@
+"""The application factory: explicit dependencies in, a configured aiohttp app out."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from server import handlers
+from server.batcher import BatchLimits, MicroBatcher
+from server.config import ServerConfig
+from server.errors import error_middleware
+from server.metrics import Metrics
+from server.openapi import openapi_handler
+from server.runner import OnnxRunner, Runner
+from server.state import BATCHER, CONFIG, METRICS, RUNNER, STATE, ServerState
+
+log = logging.getLogger("server.app")
+
+
+def create_app(config: ServerConfig, runner: Runner | None = None, metrics: Metrics | None = None) -> web.Application:
+    """`runner=None` loads an OnnxRunner from `config.model_dir` at start-up (tests pass a fake)."""
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[handlers.observe_middleware, error_middleware])
+    app[CONFIG] = config
+    app[METRICS] = metrics or Metrics()
+    app[STATE] = ServerState()
+    if runner is not None:
+        app[RUNNER] = runner
+    app.cleanup_ctx.append(_model_ctx)
+    app.cleanup_ctx.append(_batcher_ctx)
+    app.router.add_post("/v1/predict", handlers.predict, name="predict")
+    app.router.add_get("/v1/model", handlers.model_info, name="model")
+    app.router.add_get("/healthz", handlers.healthz, name="healthz")
+    app.router.add_get("/readyz", handlers.readyz, name="readyz")
+    app.router.add_get("/metrics", handlers.metrics, name="metrics")
+    app.router.add_get("/openapi.json", openapi_handler, name="openapi")
+    return app
+
+
+async def _model_ctx(app: web.Application):
+    """Load (if not given) and warm up the model off the event loop; then ready."""
+    config, loop = app[CONFIG], asyncio.get_running_loop()
+    if RUNNER not in app:
+        app[RUNNER] = await loop.run_in_executor(
+            None, lambda: OnnxRunner(config.model_dir, config.intra_op_threads, config.inter_op_threads,
+                                     config.truncate))
+    runner = app[RUNNER]
+    await loop.run_in_executor(None, runner.warmup)
+    app[METRICS].set_model_info(runner.info)
+    log.info("model %s %s ready (%s)", runner.info["model_name"], runner.info["model_version"],
+             runner.info.get("quantization"))
+    yield
+
+
+async def _batcher_ctx(app: web.Application):
+    config, state = app[CONFIG], app[STATE]
+    limits = BatchLimits(config.max_batch_size, config.max_batch_tokens, config.max_wait_ms / 1000.0)
+    batcher = MicroBatcher(app[RUNNER].predict, limits, config.max_queue, app[METRICS])
+    app[BATCHER] = batcher
+    # One tokenizer thread: the ONNX session already takes the cores (see runner.py);
+    # tokenizing one request takes well under a millisecond.
+    state.tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+    await batcher.start()
+    state.ready = True
+    yield
+    state.ready = False
+    await batcher.stop()
+    state.tokenizer_pool.shutdown(wait=True)
+
+
+def begin_drain(app: web.Application) -> None:
+    """Readiness goes 503 and new predictions are refused; accepted ones carry on."""
+    state = app[STATE]
+    state.draining = True
+    if state.inflight == 0:
+        state.idle.set()
+    else:
+        state.idle.clear()
+
+
+async def wait_drained(app: web.Application, timeout_s: float) -> bool:
+    """True when every accepted prediction was answered within `timeout_s`."""
+    state = app[STATE]
+    if state.inflight == 0:
+        return True
+    try:
+        await asyncio.wait_for(state.idle.wait(), timeout_s)
+    except asyncio.TimeoutError:
+        return state.inflight == 0
+    return True

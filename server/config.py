@@ -1,0 +1,131 @@
+"""Server settings: one frozen dataclass, mapped 1:1 to CLI flags and `SENTIMENT_*` variables.
+
+Each field `max_batch_size` is the flag `--max-batch-size` and the environment variable
+`SENTIMENT_MAX_BATCH_SIZE`. Precedence: command line, then environment, then the default.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Mapping, Sequence
+
+ENV_PREFIX = "SENTIMENT_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_HELP = {
+    "model_dir": "model directory written by the exporter (model.onnx, tokenizer.json, config.json, export_report.json)",
+    "host": "address to listen on",
+    "port": "TCP port to listen on",
+    "max_batch_size": "most texts in one inference batch",
+    "max_wait_ms": "longest a batch waits for more texts after its first text arrived",
+    "max_batch_tokens": "most padded tokens (texts x longest text) in one inference batch",
+    "max_queue": "most texts waiting for inference; beyond it requests get 503 at once",
+    "request_timeout_ms": "deadline per request; texts still queued after it get 504 without inference",
+    "max_text_chars": "longest accepted text in characters (422 beyond)",
+    "max_texts_per_request": "most texts in one {\"texts\": [...]} request (422 beyond)",
+    "max_body_bytes": "largest accepted request body (413 beyond)",
+    "truncate": "truncate texts longer than the model's max_length (--no-truncate: 422 instead)",
+    "intra_op_threads": "ONNX Runtime intra-op threads; 0 = physical cores of this machine",
+    "inter_op_threads": "ONNX Runtime inter-op threads (graph is sequential: 1 is enough)",
+    "drain_timeout_s": "on SIGTERM/SIGINT, longest wait for accepted requests before exiting",
+    "log_level": "log level: " + ", ".join(LOG_LEVELS),
+}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_dir: Path = Path("artifacts/model")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    # 32 texts x 256 tokens: a full batch of maximum-length reviews still fits.
+    max_batch_tokens: int = 8192
+    max_queue: int = 256
+    request_timeout_ms: float = 1000.0
+    # The longest IMDB review is ~14k characters; beyond this it is not a review.
+    max_text_chars: int = 20_000
+    max_texts_per_request: int = 64
+    max_body_bytes: int = 2 * 1024 * 1024
+    truncate: bool = True
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    drain_timeout_s: float = 10.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_dir", Path(self.model_dir))
+        positive = ("port", "max_batch_size", "max_batch_tokens", "max_queue", "request_timeout_ms",
+                    "max_text_chars", "max_texts_per_request", "max_body_bytes", "inter_op_threads",
+                    "drain_timeout_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.intra_op_threads < 0:
+            raise ValueError("--max-wait-ms and --intra-op-threads must be >= 0")
+        if self.port > 65535:
+            raise ValueError(f"--port must be <= 65535, got {self.port}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"--log-level must be one of {LOG_LEVELS}, got {self.log_level!r}")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _field_type(f) -> type:
+    return {"Path": Path, "str": str, "int": int, "float": float, "bool": bool}[
+        f.type if isinstance(f.type, str) else f.type.__name__
+    ]
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """Flags from the dataclass fields; defaults from the environment where set."""
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="IMDB sentiment inference server (aiohttp + ONNX Runtime, dynamic batching). "
+        f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}MAX_BATCH_SIZE.",
+    )
+    for f in fields(ServerConfig):
+        kind = _field_type(f)
+        default = f.default if f.default is not MISSING else None
+        if env_name(f.name) in env:
+            raw = env[env_name(f.name)]
+            try:
+                default = _parse_bool(raw) if kind is bool else kind(raw)
+            except ValueError as exc:
+                parser.exit(2, f"error: {env_name(f.name)}={raw!r}: {exc}\n")
+        help_text = f"{_HELP.get(f.name, '')} (env {env_name(f.name)}; default: {default})"
+        if kind is bool:
+            parser.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=help_text)
+        else:
+            parser.add_argument(flag(f.name), dest=f.name, type=kind, default=default,
+                                metavar=f.name.upper(), help=help_text)
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Parse flags (and environment); invalid values exit 2 with one line on stderr."""
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    try:
+        return ServerConfig(**vars(args))
+    except ValueError as exc:
+        parser.exit(2, f"error: {exc}\n")

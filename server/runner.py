@@ -1,0 +1,156 @@
+"""The model behind the server: tokenization and an ONNX Runtime session for one model directory.
+
+Imports only onnxruntime, tokenizers (through server.tokenization) and numpy: the serving
+process never loads torch or transformers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from server.tokenization import TextEncoder, TruncationConfig, pad_batch
+
+MODEL_FILES = ("model.onnx", "tokenizer.json", "config.json")
+# No truncation mode: encode everything, then refuse texts over max_length.
+_NO_LIMIT = 1 << 30
+
+
+class ModelDirError(Exception):
+    """The model directory is missing or malformed (one-line message)."""
+
+
+class Runner(Protocol):
+    """What the server needs from a model; the HTTP tests use a fake one."""
+
+    labels: tuple[str, ...]
+    max_length: int
+    info: dict
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]: ...
+
+    def predict(self, seqs: list[np.ndarray]) -> np.ndarray: ...
+
+    def warmup(self) -> None: ...
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (SMT siblings counted once)."""
+    try:
+        available = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in available:
+        path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(path.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def read_model_dir(model_dir: Path) -> tuple[dict, dict]:
+    """(config.json, export_report.json or {}) with one-line errors for a broken directory."""
+    if not model_dir.is_dir():
+        raise ModelDirError(f"model directory {model_dir} does not exist")
+    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise ModelDirError(f"model directory {model_dir} lacks {', '.join(missing)}")
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        report_path = model_dir / "export_report.json"
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"model directory {model_dir}: unreadable json ({exc})") from None
+    if "id2label" not in config:
+        raise ModelDirError(f"{model_dir / 'config.json'} has no id2label")
+    return config, report
+
+
+class OnnxRunner:
+    """Tokenizes with the shared TextEncoder and runs the ONNX graph; returns softmax probabilities."""
+
+    def __init__(self, model_dir: str | Path, intra_op_threads: int = 0, inter_op_threads: int = 1,
+                 truncate: bool = True) -> None:
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        config, report = read_model_dir(model_dir)
+        serving = config.get("serving", {})
+        id2label = {int(k): v for k, v in config["id2label"].items()}
+        self.labels = tuple(id2label[i] for i in sorted(id2label))
+        truncation = TruncationConfig.from_dict(serving.get("truncation", {}))
+        self.max_length = truncation.max_length
+        encode_cfg = truncation if truncate else TruncationConfig(max_length=_NO_LIMIT)
+        try:
+            self.encoder = TextEncoder.from_file(model_dir / "tokenizer.json", encode_cfg)
+        except Exception as exc:  # tokenizers raises its own Exception types
+            raise ModelDirError(f"{model_dir / 'tokenizer.json'}: cannot load tokenizer ({exc})") from None
+
+        self.intra_op_threads = intra_op_threads or physical_cores()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle ORT threads otherwise spin for a while after each run, stealing the cores the
+        # event loop and the tokenizer thread need between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        if serving.get("target") == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelDirError(f"{model_dir / 'model.onnx'}: cannot load ({str(exc).splitlines()[0]})") from None
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self._output = self.session.get_outputs()[0].name
+        self.info = {
+            "model_name": serving.get("model_name", model_dir.name),
+            "model_version": str(serving.get("model_version", "unknown")),
+            "quantization": serving.get("quantization", "unknown"),
+            "optimization": serving.get("optimization", "unknown"),
+            "target": serving.get("target", "cpu"),
+            "labels": list(self.labels),
+            "max_length": self.max_length,
+            "truncation": truncation.to_dict(),
+            "truncate": truncate,
+            "providers": self.session.get_providers(),
+            "intra_op_threads": self.intra_op_threads,
+            "inter_op_threads": inter_op_threads,
+            "parity": parity_summary(report),
+        }
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return self.encoder.encode_batch(texts)
+
+    def predict(self, seqs: list[np.ndarray]) -> np.ndarray:
+        ids, mask = pad_batch(seqs, self.encoder.pad_id)
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        (logits,) = self.session.run([self._output], feed)
+        return softmax(logits)
+
+    def warmup(self) -> None:
+        """Run a few shapes so the first real request does not pay for lazy initialisation."""
+        for batch, length in ((1, 8), (4, 32), (2, self.max_length)):
+            seq = np.full(length, self.encoder.pad_id, dtype=np.int64)
+            seq[0], seq[-1] = self.encoder.cls_id, self.encoder.sep_id
+            self.predict([seq] * batch)
+
+
+def parity_summary(report: dict) -> dict:
+    """The scalar parity figures of export_report.json (agreement, accuracies, max prob diff...)."""
+    parity = report.get("parity", {})
+    return {k: v for k, v in parity.items() if isinstance(v, (int, float, str, bool))}

@@ -1,0 +1,35 @@
+"""Typed application state (web.AppKey) shared by the app factory, handlers and __main__."""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from server.batcher import MicroBatcher
+from server.config import ServerConfig
+from server.metrics import Metrics
+from server.runner import Runner
+
+
+@dataclass
+class ServerState:
+    ready: bool = False  # model loaded and warmed up
+    draining: bool = False  # SIGTERM received: refuse new work, finish accepted work
+    inflight: int = 0  # prediction requests accepted and not yet answered
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    tokenizer_pool: ThreadPoolExecutor | None = None
+
+
+CONFIG = web.AppKey("config", ServerConfig)
+METRICS = web.AppKey("metrics", Metrics)
+STATE = web.AppKey("state", ServerState)
+RUNNER = web.AppKey("runner", Runner)
+BATCHER = web.AppKey("batcher", MicroBatcher)
+
+# Per-request facts the access log and metrics middleware read after the handler ran.
+REQUEST_ID = web.RequestKey("request_id", str)
+TEXT_COUNT = web.RequestKey("text_count", int)
+BATCH_SIZE = web.RequestKey("batch_size", int)
+REJECT_REASON = web.RequestKey("reject_reason", str)

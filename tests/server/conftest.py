@@ -1,0 +1,81 @@
+"""Server test helpers: a fake runner for HTTP-layer tests (the end-to-end tests use the tiny model)."""
+from __future__ import annotations
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+FAIL_MARKER = "FAIL-THIS-BATCH"
+_FAIL_ID = 999_999
+
+
+class FakeRunner:
+    """Deterministic stand-in: one token per word, probability of `positive` from the length.
+
+    `gate` (when cleared) blocks inference, to hold batches in flight; a text containing
+    FAIL_MARKER makes its whole batch raise.
+    """
+
+    labels = ("negative", "positive")
+    fail_marker = FAIL_MARKER
+
+    def __init__(self, max_length: int = 64) -> None:
+        self.max_length = max_length
+        self.info = {"model_name": "fake", "model_version": "0", "quantization": "none",
+                     "optimization": "none", "target": "cpu", "labels": list(self.labels),
+                     "max_length": max_length, "parity": {}}
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batches: list[list[int]] = []  # first word-token of each text, per batch
+        self.started = threading.Event()  # set when a batch starts
+
+    def encode(self, texts):
+        out = []
+        for text in texts:
+            ids = [_FAIL_ID if FAIL_MARKER in text else len(w) for w in text.split()] or [0]
+            out.append(np.array([101, *ids, 102], dtype=np.int64))
+        return out
+
+    def predict(self, seqs):
+        self.batches.append([int(s[1]) for s in seqs])
+        self.started.set()
+        if not self.gate.wait(timeout=10):
+            raise TimeoutError("test gate never opened")
+        if any(_FAIL_ID in s for s in seqs):
+            raise RuntimeError("injected failure")
+        return np.array([expected_positive(len(s)) for s in seqs])
+
+    def warmup(self) -> None:
+        pass
+
+
+def expected_positive(n_tokens: int) -> list[float]:
+    p = (n_tokens % 10) / 10
+    return [1 - p, p]
+
+
+@pytest.fixture
+def fake_runner() -> FakeRunner:
+    return FakeRunner()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def serve_fake(aiohttp_client, fake_runner):
+    """Start the real app (fake model) on a loopback port: `client = await serve_fake(max_queue=4)`."""
+    from server.app import create_app
+    from server.config import ServerConfig
+
+    async def start(**overrides):
+        config = ServerConfig(**overrides)
+        app = create_app(config, runner=fake_runner)
+        return await aiohttp_client(app)
+
+    return start
