@@ -77,7 +77,7 @@ say "starting the container on $URL (model mounted read-only at /models/model, r
   -v "$WORK/model:/models/model:ro" \
   -e SENTIMENT_HOST=127.0.0.1 -e SENTIMENT_PORT="$PORT" -e SENTIMENT_INTRA_OP_THREADS=1 \
   -e SENTIMENT_DRAIN_TIMEOUT_S="$DRAIN_TIMEOUT_S" \
-  "$IMAGE" > /dev/null
+  "$IMAGE" > /dev/null 2> "$WORK/run.err" || { cat "$WORK/run.err"; fail "the container did not start"; }
 
 say "waiting for /readyz"
 "$PY" - "$URL" <<'EOF' || fail "the server never became ready"
@@ -184,7 +184,48 @@ ok = code == "0" and elapsed <= drain_s and not lost
 sys.exit(0 if ok else 1)
 EOF
 "$ENGINE" logs "$NAME" 2>&1 | grep -q '"draining' || fail "no drain message in the container log"
-"$ENGINE" rm "$NAME" > /dev/null
+"$ENGINE" rm "$NAME" > /dev/null 2>&1
+
+# The Kubernetes image: the model baked in, nothing mounted. Needs a model in artifacts/model
+# (make demo or make export): the build context carries only that one.
+if [ -f artifacts/model/model.onnx ]; then
+  say "serve-bundled target with artifacts/model baked in"
+  "$ENGINE" build "${format_args[@]}" -f Dockerfile.cpu --target serve-bundled \
+    --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg MODEL_DIR=artifacts/model -t "$IMAGE-bundled" . \
+    > "$WORK/build-bundled.log" 2>&1 || { tail -30 "$WORK/build-bundled.log"; fail "serve-bundled build failed"; }
+  PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  "$ENGINE" run -d --name "$NAME" "${health_args[@]}" --read-only --tmpfs /tmp \
+    -e SENTIMENT_HOST=127.0.0.1 -e SENTIMENT_PORT="$PORT" "$IMAGE-bundled" > /dev/null 2> "$WORK/run.err" \
+    || { cat "$WORK/run.err"; fail "the bundled container did not start"; }
+  "$PY" - "http://127.0.0.1:$PORT" <<'EOF' || fail "the bundled image did not serve its model"
+import json, sys, time, urllib.request
+url = sys.argv[1]
+deadline = time.monotonic() + 120
+while True:
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+            if r.status == 200:
+                break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit(1)
+        time.sleep(0.5)
+req = urllib.request.Request(url + "/v1/predict", headers={"Content-Type": "application/json"},
+                             data=json.dumps({"text": "A wonderful, moving film. I loved it."}).encode())
+with urllib.request.urlopen(req, timeout=10) as r:
+    body = json.load(r)
+print("  answer:", json.dumps(body))
+assert body["label"] in ("negative", "positive")
+EOF
+  "$ENGINE" kill --signal TERM "$NAME" > /dev/null
+  code=$(timeout $((DRAIN_TIMEOUT_S + 5)) "$ENGINE" wait "$NAME" || echo timeout)
+  [ "$code" = "0" ] || fail "bundled container exit status after SIGTERM: $code"
+  "$ENGINE" rm "$NAME" > /dev/null 2>&1
+  bsize=$("$ENGINE" image inspect "$IMAGE-bundled" --format '{{.Size}}')
+  echo "  bundled image: $((bsize / 1000000)) MB"
+else
+  say "serve-bundled target: skipped (no artifacts/model; make demo or make export creates one)"
+fi
 
 size=$("$ENGINE" image inspect "$IMAGE" --format '{{.Size}}')
 say "image $IMAGE: $((size / 1000000)) MB (base $BASE_IMAGE)"

@@ -27,6 +27,11 @@ class UsageError(Exception):
     """Bad input that is not the checkpoint's fault (exit 2)."""
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
 def _fail(message: str, code: int) -> int:
     print(f"exporter: error: {message}", file=sys.stderr)
     return code
@@ -43,12 +48,18 @@ def _check_output_dir(path: Path) -> None:
 
 
 def _publish(stage: Path, output_dir: Path) -> None:
-    old = None
-    if output_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-        output_dir.rename(old / "model")
-    stage.rename(output_dir)
-    if old is not None:
+    """Swap `stage` into place; the previous model survives if the swap fails."""
+    if not output_dir.exists():
+        stage.rename(output_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+    output_dir.rename(old / "model")
+    try:
+        stage.rename(output_dir)
+    except OSError:
+        (old / "model").rename(output_dir)
+        raise
+    finally:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -57,20 +68,23 @@ def build_graph(cfg: ExportConfig, ckpt: Checkpoint, work: Path, dst: Path) -> t
     from exporter import optimize, quantize
 
     fp32 = export_onnx(ckpt, work, cfg.opset)
-    steps = [f"optimum export fp32 (opset {cfg.opset or 'default'})"]
+    steps = [f"optimum export fp32 (opset {cfg.opset or 'default'}, dynamic batch/sequence)"]
+    model_type = str(ckpt.model.config.model_type)
     quant = cfg.resolved_quantization
     isa = None
     if quant == "int8":
         isa = quantize.detect_isa() if cfg.isa == "auto" else cfg.isa
-        steps += optimize.optimize_then_quantize(fp32, dst, ckpt.model.config, cfg.optimize, isa, cfg.per_channel)
-    elif quant == "fp16":
-        fused = optimize.fuse(fp32, work / "fused.onnx", ckpt.model.config, cfg.optimize, use_gpu=True)
-        steps.append(f"fusions {cfg.optimize}")
+        steps += optimize.optimize_then_quantize(
+            fp32, dst, model_type, cfg.optimize, isa, cfg.per_channel, cfg.quantize_embeddings
+        )
+        return steps, isa
+    use_gpu = cfg.target == "gpu"
+    fused = dst if quant == "none" else fp32.parent / "fused.onnx"
+    stats = optimize.fuse(fp32, fused, model_type, cfg.optimize, use_gpu=use_gpu)
+    steps.append(f"fusions {cfg.optimize} {stats}" if stats else f"fusions {cfg.optimize}")
+    if quant == "fp16":
         quantize.convert_fp16(fused, dst)
-        steps.append("fp16 conversion (io kept int64/fp32)")
-    else:
-        optimize.fuse(fp32, dst, ckpt.model.config, cfg.optimize, use_gpu=cfg.target == "gpu")
-        steps.append(f"fusions {cfg.optimize}")
+        steps.append("fp16 conversion (inputs int64, logits fp32 kept)")
     return steps, isa
 
 
@@ -115,6 +129,9 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
         latency=latency_result, serving=serving, steps=steps,
     )
     (stage / "export_report.json").write_text(json.dumps(result, indent=2) + "\n")
+    written = sorted(p.name for p in stage.iterdir())
+    if written != sorted(MODEL_FILES):  # the server's contract: these files and nothing else
+        raise RuntimeError(f"model directory would hold {written}, expected {sorted(MODEL_FILES)}")
     return result
 
 
@@ -138,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("exporter: %(message)s"))
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
         log.propagate = False
+    log.setLevel(cfg.log_level.upper())
 
     output_dir = cfg.output_dir.resolve()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -149,14 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             result = export(cfg, ckpt, eval_set, stage, work)
-        except Exception as exc:
+        except Exception as exc:  # one line for the user; the trace with --log-level debug
             log.debug("export failed", exc_info=True)
-            return _fail(f"export failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", 1)
+            return _fail(f"export failed: {type(exc).__name__}: {_first_line(exc)}", 1)
         reasons = gate_failures(result["parity"], cfg.max_accuracy_drop, cfg.min_agreement)
         if reasons:
             return _fail("parity gate failed, nothing written: " + "; ".join(reasons), 1)
-        assert sorted(p.name for p in stage.iterdir()) == sorted(MODEL_FILES), "stray file in model dir"
-        _publish(stage, output_dir)
+        try:
+            _publish(stage, output_dir)
+        except OSError as exc:
+            return _fail(f"cannot move the model into {output_dir}: {exc}", 1)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

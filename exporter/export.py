@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,13 +95,9 @@ def export_onnx(checkpoint: Checkpoint, work_dir: Path, opset: int | None = None
     from optimum.exporters.onnx import onnx_export_from_model
 
     out = Path(work_dir) / "fp32"
-    onnx_export_from_model(
-        checkpoint.model,
-        out,
-        opset=opset,
-        task="text-classification",
-        do_validation=False,
-    )
+    with warnings.catch_warnings():  # torch's TracerWarnings about constant masks are expected
+        warnings.simplefilter("ignore")
+        onnx_export_from_model(checkpoint.model, out, opset=opset, task="text-classification", do_validation=False)
     model_path = out / "model.onnx"
     if not model_path.is_file():
         raise RuntimeError(f"optimum produced no model.onnx in {out}")

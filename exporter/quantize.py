@@ -32,8 +32,12 @@ def detect_isa(cpuinfo: str | None = None, machine: str | None = None) -> str:
     return "avx2"
 
 
-def quantization_config(isa: str, per_channel: bool, nodes_to_exclude: list[str] | None = None):
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+def quantization_config(isa: str, per_channel: bool, nodes_to_exclude: list[str] | None = None,
+                        exclude_ops: tuple[str, ...] = ()):
+    from optimum.onnxruntime.configuration import (
+        ORT_DEFAULT_OPS_DYNAMIC_QUANTIZATION,
+        AutoQuantizationConfig,
+    )
 
     preset = {
         "avx512_vnni": AutoQuantizationConfig.avx512_vnni,
@@ -41,11 +45,14 @@ def quantization_config(isa: str, per_channel: bool, nodes_to_exclude: list[str]
         "avx2": AutoQuantizationConfig.avx2,
         "arm64": AutoQuantizationConfig.arm64,
     }[isa]
-    return preset(is_static=False, per_channel=per_channel, nodes_to_exclude=nodes_to_exclude or [])
+    ops = [op for op in ORT_DEFAULT_OPS_DYNAMIC_QUANTIZATION if op not in exclude_ops]
+    return preset(is_static=False, per_channel=per_channel, nodes_to_exclude=nodes_to_exclude or [],
+                  operators_to_quantize=ops)
 
 
 def quantize_int8(
-    src: Path, dst: Path, isa: str, per_channel: bool = True, nodes_to_exclude: list[str] | None = None
+    src: Path, dst: Path, isa: str, per_channel: bool = True, nodes_to_exclude: list[str] | None = None,
+    exclude_ops: tuple[str, ...] = (),
 ) -> Path:
     """Dynamic int8 quantization of `src` (a plain, unfused fp32 graph) into `dst`.
 
@@ -58,7 +65,7 @@ def quantize_int8(
     quantizer = ORTQuantizer.from_pretrained(src.parent, file_name=src.name)
     work = dst.parent / (dst.stem + "_q")
     out = quantizer.quantize(
-        quantization_config=quantization_config(isa, per_channel, nodes_to_exclude), save_dir=work
+        quantization_config=quantization_config(isa, per_channel, nodes_to_exclude, exclude_ops), save_dir=work
     )
     produced = Path(out) / f"{src.stem}_quantized.onnx"
     if not produced.is_file():

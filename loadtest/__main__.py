@@ -4,8 +4,9 @@
         [--sla-p95-ms 200] [--sla-p99-ms N] [--max-error-rate 0.01] [--report-dir reports/loadtest] \
         [-- extra locust options, e.g. --multi-fraction 0.3 --think-min-s 0.1 --think-max-s 0.5]
 
-Writes locust's CSV (`locust_stats.csv`, ...) and HTML report into the report directory,
-prints a per-endpoint table, and ends with one line: PASS or FAIL with the figures.
+Writes locust's CSV (`locust_stats.csv`, ...) and HTML report, plus the final statistics
+the gate reads (`locust_summary.json`), into the report directory; prints a per-endpoint
+table, and ends with one line: PASS or FAIL with the figures.
 Exit status: 0 PASS, 1 FAIL (SLA broken), 2 the test could not run (bad flag, server
 unreachable, locust failed). User mix and think time: see loadtest/locustfile.py.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from loadtest.sla import SlaConfig, evaluate, format_table, read_locust_stats
+from loadtest.sla import SlaConfig, evaluate, format_table, read_summary
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 _RUN_TIME = re.compile(r"^(?:\d+h)?(?:\d+m)?(?:\d+s)?$|^\d+$")
@@ -76,7 +77,7 @@ def locust_command(config: LoadtestConfig, extra: list[str]) -> list[str]:
         "--run-time", config.run_time, "--csv", str(prefix), "--html", str(prefix) + "_report.html",
         "--only-summary", "--stop-timeout", "5", "--loglevel", "WARNING",
         # The SLA decides the exit status, not "any request failed".
-        "--exit-code-on-error", "0",
+        "--exit-code-on-error", "0", "--summary-json", str(prefix) + "_summary.json",
         *extra,
     ]
 
@@ -98,19 +99,20 @@ def run(config: LoadtestConfig, extra: list[str]) -> int:
         print(f"error: cannot connect to {config.host}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     log_path = report_dir / "locust.log"
+    stats_path = report_dir / "locust_summary.json"
+    stats_path.unlink(missing_ok=True)  # never judge a stale file from an earlier run
     print(f"locust: {config.users} users (spawn {config.spawn_rate:g}/s) for {config.run_time} against {config.host}", flush=True)
     with open(log_path, "w") as log:
         proc = subprocess.run(locust_command(config, extra), stdout=log, stderr=subprocess.STDOUT)
-    stats_path = report_dir / "locust_stats.csv"
     if proc.returncode != 0 or not stats_path.is_file():
         tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-1:]
         print(f"error: locust exited with status {proc.returncode}: {tail[0] if tail else 'no output'} (log: {log_path})",
               file=sys.stderr)
         return 2
-    rows, total = read_locust_stats(stats_path)
+    rows, total = read_summary(stats_path)
     verdict = evaluate(total, config.sla())
     print(format_table(rows, total))
-    print(f"reports: {stats_path}, {report_dir / 'locust_report.html'}, {log_path}")
+    print(f"reports in {report_dir}: locust_stats.csv, locust_report.html, locust_summary.json, locust.log")
     print(verdict.line(config.sla()), flush=True)
     return 0 if verdict.passed else 1
 

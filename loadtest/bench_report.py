@@ -99,8 +99,11 @@ def _f(value, fmt: str = ".1f", unit: str = "") -> str:
 def _row(label: str, entry: dict) -> str:
     cap = entry["capacity_rps"]
     step = entry.get("at_capacity") or {}
-    bound = "" if entry.get("capacity_rps") or not entry["steps"] else " (none met the SLA)"
-    return (f"| {label} | {_f(cap)}{bound} | {_f(entry['closed_loop_rps'])} | {_f(step.get('p50_ms'), '.0f')} | "
+    note = " (no rate met the SLA)" if not cap and entry["steps"] else ""
+    if entry.get("error"):
+        note = f" ({entry['error']})"
+    prefix = ">= " if entry.get("capacity_is_lower_bound") else ""
+    return (f"| {label} | {prefix}{_f(cap)}{note} | {_f(entry['closed_loop_rps'])} | {_f(step.get('p50_ms'), '.0f')} | "
             f"{_f(step.get('p95_ms'), '.0f')} | {_f(step.get('p99_ms'), '.0f')} | {_f(step.get('error_rate'), '.2%')} | "
             f"{_f(step.get('server_cpu_cores'), '.2f')} | {_f(step.get('client_cpu_cores'), '.2f')} |")
 
@@ -124,21 +127,26 @@ def render_markdown(r: dict) -> str:
         "",
         "## Results",
         "",
-        f"Capacity: the highest open-loop (Poisson arrivals) request rate meeting {sla}, found by bisection "
-        f"({cfg['max_steps']} steps at most, {cfg['duration_s']:g} s each) inside a bracket set by a closed-loop probe "
-        f"({cfg['probe_concurrency']} clients back to back, {cfg['probe_s']:g} s). Latencies are measured from each "
+        f"Capacity: the highest open-loop (Poisson arrivals) request rate meeting {sla}, searched from 70% of a "
+        f"closed-loop probe's throughput ({cfg['probe_concurrency']} clients back to back, {cfg['probe_s']:g} s), "
+        f"growing 1.3x per step until a rate misses, then by bisection ({cfg['max_steps']} steps at most, "
+        f"{cfg['duration_s']:g} s each, longer at low rates so each step has >= 40 requests). \">=\" marks a search "
+        "that ran out of steps before any rate missed. Latencies are measured from each "
         "request's scheduled arrival time and are those of the step at capacity. CPU columns: cores used by the "
         "server process and by the load generator during that step.",
         "",
         "| configuration | capacity (req/s) | closed-loop (req/s) | p50 ms | p95 ms | p99 ms | errors | server CPU | generator CPU |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| 1. ceiling: ONNX Runtime alone, batches of {c['batch_size']} | {_f(c['texts_per_s'])} (texts/s) | | | | | | | |",
+        f"| 1. ceiling: ONNX Runtime alone, best batch size ({c['best_batch_size']}) | {_f(c['texts_per_s'])} (texts/s) "
+        "| | | | | | | |",
         _row(f"2. server, dynamic batching (max batch {cfg['max_batch_size']})", r["server"]),
     ]
     if "server_batch1" in r:
         lines.append(_row("3. server, --max-batch-size 1", r["server_batch1"]))
     if "torch_baseline" in r:
         lines.append(_row("4. PyTorch eager, one request at a time", r["torch_baseline"]))
+    sizes = ", ".join(f"{k}: {v['texts_per_s']:.1f}" for k, v in c["by_batch_size"].items())
+    lines += ["", f"Ceiling by batch size (texts/s, tokenization included, length-sorted batches): {sizes}."]
     lines += ["", f"Server (2) below its capacity of {_f(r['server']['capacity_rps'])} req/s:", "",
               "| load | rate (req/s) | p50 ms | p95 ms | p99 ms | errors | generator send lag p99 ms |",
               "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -17,10 +17,12 @@ Options (locust command-line flag, or the environment variable, or the default):
   --data-dir         LOADTEST_DATA_DIR         data/imdb
   --review-pool      LOADTEST_REVIEW_POOL      2000  reviews loaded and cycled through
   --request-timeout-s LOADTEST_REQUEST_TIMEOUT_S 10  client timeout per request
+  --summary-json     LOADTEST_SUMMARY_JSON     (none) final statistics as JSON, for the SLA gate
 """
 from __future__ import annotations
 
 import functools
+import json
 import random
 
 from locust import HttpUser, events, task
@@ -45,11 +47,16 @@ def _add_options(parser) -> None:
     group.add_argument("--data-dir", default=DEFAULT_DATA_DIR, env_var="LOADTEST_DATA_DIR")
     group.add_argument("--review-pool", type=int, default=2000, env_var="LOADTEST_REVIEW_POOL")
     group.add_argument("--request-timeout-s", type=float, default=10.0, env_var="LOADTEST_REQUEST_TIMEOUT_S")
+    group.add_argument("--summary-json", default="", env_var="LOADTEST_SUMMARY_JSON",
+                       help="write the final per-endpoint statistics here (python -m loadtest reads it)")
 
 
-@events.test_start.add_listener
-def _check_options(environment, **_kwargs) -> None:
+@events.init.add_listener
+def _prepare(environment, **_kwargs) -> None:
+    """Check the options and load the reviews before the run-time clock starts."""
     o = environment.parsed_options
+    if o is None:  # locust used as a library without its command line
+        return
     problems = []
     if not 0.0 <= o.multi_fraction <= 1.0:
         problems.append(f"--multi-fraction must be within [0, 1], got {o.multi_fraction}")
@@ -61,11 +68,38 @@ def _check_options(environment, **_kwargs) -> None:
         problems.append(f"--review-pool must be >= 1, got {o.review_pool}")
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
+    _pool(o.review_pool, o.data_dir)
+
+
+@events.quitting.add_listener
+def _write_summary(environment, **_kwargs) -> None:
+    """Final statistics as JSON for the SLA gate.
+
+    Locust's CSV is rewritten only once a second while the test runs, so it can miss the
+    last second of requests; at `quitting` every request is counted.
+    """
+    path = getattr(environment.parsed_options, "summary_json", None)
+    if not path:
+        return
+    entries = [*environment.stats.entries.values(), environment.stats.total]
+    with open(path, "w") as fh:
+        json.dump([_entry(e) for e in entries], fh, indent=1)
+
+
+def _entry(e) -> dict:
+    has = e.num_requests > 0
+    return {
+        "name": e.name, "method": e.method or "", "requests": e.num_requests, "failures": e.num_failures,
+        "rps": e.total_rps, "p50_ms": e.get_response_time_percentile(0.50) if has else None,
+        "p95_ms": e.get_response_time_percentile(0.95) if has else None,
+        "p99_ms": e.get_response_time_percentile(0.99) if has else None,
+        "max_ms": e.max_response_time if has else None,
+    }
 
 
 @functools.lru_cache(maxsize=4)
 def _pool(n: int, data_dir: str) -> tuple[str, ...]:
-    # Loaded once per process and shared by all users: the parquet read takes a second.
+    # Loaded once per process and shared by all users (reading the parquet file takes a second).
     texts, _source = load_texts(n, data_dir)
     return tuple(texts)
 

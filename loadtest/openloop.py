@@ -21,6 +21,8 @@ from typing import Sequence
 import aiohttp
 import numpy as np
 
+MIN_REQUESTS = 40
+
 
 @dataclass(frozen=True)
 class StepResult:
@@ -75,6 +77,8 @@ async def run_step(session: aiohttp.ClientSession, url: str, bodies: Sequence[by
     `server_cpu`, when given, is a zero-argument callable returning the server's CPU seconds.
     """
     rng = random.Random(seed)
+    # At low rates stretch the step (up to 3x) so its percentiles rest on enough requests.
+    duration_s = min(max(duration_s, MIN_REQUESTS / rate), 3 * duration_s)
     arrivals = poisson_arrivals(rate, duration_s, rng)
     offset = rng.randrange(len(bodies))
     loop = asyncio.get_running_loop()
@@ -151,21 +155,21 @@ async def closed_loop_throughput(session: aiohttp.ClientSession, url: str, bodie
     return done / (loop.time() - t0)
 
 
-def next_rate(history: Sequence[tuple[float, bool]], start: float, upper: float,
+def next_rate(history: Sequence[tuple[float, bool]], start: float, growth: float = 1.3,
               tolerance: float = 0.03, floor: float = 0.1) -> float | None:
     """The next rate to try, or None when the search is done (pure: testable with numbers).
 
-    `history` holds (rate, met_sla). Bisection between the highest passing rate below the
-    lowest failing one (`lo`, 0 if none) and that failing rate (`hi`); while nothing has
-    failed, grow by 1.5x up to `upper`, the closed-loop throughput bound. Stops when the
-    bracket is within `tolerance` of `hi`, when `upper` passed, or when `hi` < `floor`.
+    `history` holds (rate, met_sla). Until a rate fails, grow the highest rate tried by
+    `growth`; then bisect between the highest passing rate below the lowest failing one
+    (`lo`, 0 if none) and that failing rate (`hi`). Done when the bracket is within
+    `tolerance` of `hi`, or `hi` < `floor` (nothing meets the SLA). The caller bounds
+    the number of steps.
     """
     if not history:
-        return min(start, upper)
+        return start
     failed = [r for r, ok in history if not ok]
     if not failed:
-        lo = max(r for r, _ in history)
-        return None if lo >= upper * (1 - 1e-9) else min(lo * 1.5, upper)
+        return max(r for r, _ in history) * growth
     hi = min(failed)
     lo = max((r for r, ok in history if ok and r < hi), default=0.0)
     if hi < floor or hi - lo <= tolerance * hi:

@@ -1,14 +1,15 @@
-"""The SLA gate: read locust's CSV statistics, decide PASS or FAIL, say why.
+"""The SLA gate: read the load test's final statistics, decide PASS or FAIL, say why.
 
 Pure functions over plain numbers, so the verdict is unit-testable without running
-locust. The gate is applied to locust's "Aggregated" row (every request counts); the
-per-endpoint rows are reported alongside. Locust stores response times in buckets
+locust. The gate is applied to locust's "Aggregated" entry (every request counts); the
+per-endpoint rows are reported alongside. The statistics come from the locustfile's
+`--summary-json` file, written when locust quits (its CSV can lag by a second). Locust stores response times in buckets
 (exact below 100 ms, to 10 ms up to 1 s, to 100 ms up to 10 s), so its percentiles
 carry that resolution.
 """
 from __future__ import annotations
 
-import csv
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,28 +88,21 @@ def evaluate(stats: EndpointStats, sla: SlaConfig) -> Verdict:
     return Verdict(passed=not reasons, reasons=tuple(reasons), stats=stats)
 
 
-def read_locust_stats(path: str | Path) -> tuple[list[EndpointStats], EndpointStats]:
-    """(per-endpoint rows, the aggregated row) from locust's `<prefix>_stats.csv`."""
+def read_summary(path: str | Path) -> tuple[list[EndpointStats], EndpointStats]:
+    """(per-endpoint rows, the aggregated row) from the locustfile's `--summary-json` file."""
     rows, total = [], None
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            entry = EndpointStats(
-                name=row["Name"],
-                method=row["Type"],
-                requests=int(row["Request Count"]),
-                failures=int(row["Failure Count"]),
-                rps=_num(row["Requests/s"]),
-                p50_ms=_num(row["50%"]),
-                p95_ms=_num(row["95%"]),
-                p99_ms=_num(row["99%"]),
-                max_ms=_num(row["Max Response Time"]),
-            )
-            if entry.name == AGGREGATED and not entry.method:
-                total = entry
-            else:
-                rows.append(entry)
+    for item in json.loads(Path(path).read_text()):
+        entry = EndpointStats(
+            name=item["name"], method=item["method"], requests=int(item["requests"]), failures=int(item["failures"]),
+            rps=float(item["rps"]), p50_ms=_num(item["p50_ms"]), p95_ms=_num(item["p95_ms"]),
+            p99_ms=_num(item["p99_ms"]), max_ms=_num(item["max_ms"]),
+        )
+        if entry.name == AGGREGATED and not entry.method:
+            total = entry
+        else:
+            rows.append(entry)
     if total is None:
-        raise ValueError(f"{path} has no {AGGREGATED} row: not a locust stats file")
+        raise ValueError(f"{path} has no {AGGREGATED} entry: not a load-test summary")
     return rows, total
 
 
@@ -124,11 +118,8 @@ def format_table(rows: list[EndpointStats], total: EndpointStats) -> str:
     return "\n".join(lines)
 
 
-def _num(value: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):  # locust writes "N/A" for percentiles of an empty row
-        return math.nan
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _ms(value: float) -> str:

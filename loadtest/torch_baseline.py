@@ -1,7 +1,8 @@
 """The approach most projects ship, as the benchmark's point of comparison.
 
 A PyTorch eager model (the trainer's checkpoint, fp32, `transformers`) behind a plain
-single-threaded HTTP handler: one request at a time, no batching, no queue, no ONNX.
+stdlib HTTP handler: one request's text(s) through the model at a time, no batching
+across requests, no ONNX.
 
     python -m loadtest.torch_baseline --checkpoint artifacts/checkpoint --port 8100 [--threads N] [--device cpu]
 
@@ -16,7 +17,8 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from server.tokenization import TextEncoder, TruncationConfig
@@ -67,6 +69,14 @@ class TorchClassifier:
 
 
 def make_handler(model: TorchClassifier) -> type[BaseHTTPRequestHandler]:
+    # One model call at a time: the lock serialises inference while connections are read and
+    # written by their own threads (a serial server would let one keep-alive client starve the rest).
+    lock = threading.Lock()
+
+    def predict(text: str) -> dict:
+        with lock:
+            return model.predict(text)
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as any real client expects
 
@@ -83,9 +93,9 @@ def make_handler(model: TorchClassifier) -> type[BaseHTTPRequestHandler]:
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 if isinstance(body.get("texts"), list):
-                    self._send(200, {"predictions": [model.predict(str(t)) for t in body["texts"]]})
+                    self._send(200, {"predictions": [predict(str(t)) for t in body["texts"]]})
                 elif isinstance(body.get("text"), str):
-                    self._send(200, model.predict(body["text"]))
+                    self._send(200, predict(body["text"]))
                 else:
                     self._send(422, {"error": {"code": "invalid_input", "message": "need text or texts"}})
             except (ValueError, AttributeError):
@@ -105,6 +115,11 @@ def make_handler(model: TorchClassifier) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # not 5: waiting clients queue instead of being refused
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.torch_baseline", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="trainer checkpoint directory")
@@ -118,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = TorchClassifier(config.checkpoint, config.threads, config.device)
     model.predict("warm up the first forward pass")
-    # HTTPServer (not ThreadingHTTPServer): exactly one request at a time. The listen backlog
-    # is raised from 5 so that waiting clients queue instead of being refused.
-    HTTPServer.request_queue_size = 256
-    server = HTTPServer((config.host, config.port), make_handler(model))
+    server = _Server((config.host, config.port), make_handler(model))
     print(f"torch baseline on http://{config.host}:{config.port} ({model.info})", flush=True)
     try:
         server.serve_forever()

@@ -174,6 +174,21 @@ class MicroBatcher:
     # -- loop -----------------------------------------------------------------
 
     async def _loop(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug here must not leave every caller hanging
+                log.exception("batching loop error; failing queued texts")
+                for entry in self._pending:
+                    if not entry.future.done():
+                        entry.future.set_exception(BatchFailed("batching loop error"))
+                self._pending.clear()
+                self._set_depth()
+                await asyncio.sleep(0.01)
+
+    async def _step(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()

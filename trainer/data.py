@@ -218,8 +218,6 @@ def _cap(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     """A stratified sample of at most `limit` rows, shuffled either way (files come sorted by label)."""
     if limit is None or limit >= len(df):
         return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    if limit <= 0:
-        raise ValueError(f"sample cap must be positive, got {limit}")
     return stratified_split(df, limit, seed)[0]
 
 
@@ -238,6 +236,9 @@ def load_splits(
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    for name, cap in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+        if cap is not None and cap <= 0:
+            raise ValueError(f"{name} must be positive, got {cap}")
     train, test, source = load_raw(data_dir)
     if test is None:
         test, train = stratified_split(train, round(len(train) * CSV_TEST_FRACTION), seed)

@@ -299,7 +299,9 @@ def _train(cfg: TrainConfig, device: torch.device, dist_ctx: DistContext, out: P
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"base_model {cfg.base_model}: cannot load model ({str(exc).splitlines()[0]})") from None
-    raw_model.to(device)
+    # fp32 master weights whatever the stored dtype: transformers 5 loads a half-precision
+    # checkpoint as half by default, and AMP below handles the low-precision compute.
+    raw_model.float().to(device)
     model: torch.nn.Module = raw_model
     if dist_ctx.enabled:
         model = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -35,8 +35,11 @@ async def test_fast_server_passes(aiohttp_server, tmp_path):
     last = out.strip().splitlines()[-1]
     assert last.startswith("PASS: requests="), out
     assert "/v1/predict [single]" in out and "/v1/predict [multi]" in out
-    assert (tmp_path / "locust_stats.csv").is_file() and (tmp_path / "locust_report.html").is_file()
+    for name in ("locust_stats.csv", "locust_report.html", "locust_summary.json"):
+        assert (tmp_path / name).is_file(), name
     seen = server.app[SEEN]
+    # The gate counts every request the server answered: nothing lost at the end of the run.
+    assert f"requests={len(seen)} " in last
     assert len(seen) >= 20, "locust sent too few requests to mean anything"
     multi = [b for b in seen if "texts" in b]
     assert multi and all(2 <= len(b["texts"]) <= 4 for b in multi)

@@ -1,11 +1,12 @@
 """The SLA verdict from given statistics, and reading locust's CSV."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from loadtest.sla import EndpointStats, SlaConfig, evaluate, format_table, read_locust_stats
+from loadtest.sla import EndpointStats, SlaConfig, evaluate, format_table, read_summary
 
 
 def stats(requests=100, failures=0, p95=150.0, p99=180.0) -> EndpointStats:
@@ -65,28 +66,26 @@ def test_bad_thresholds_rejected(kwargs):
         SlaConfig(**kwargs)
 
 
-HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
-          "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%")
-
-
-def test_read_locust_stats(tmp_path):
-    path = tmp_path / "locust_stats.csv"
-    path.write_text("\n".join([
-        HEADER,
-        "POST,/v1/predict [single],90,1,40,45.5,10,300,120,9.0,0.1,40,50,60,70,80,120,150,200,300,300,300",
-        "POST,/v1/predict [multi],0,0,0,0,0,0,0,0,0,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A",
-        ",Aggregated,90,1,40,45.5,10,300,120,9.0,0.1,40,50,60,70,80,120,150,200,300,300,300",
-    ]) + "\n")
-    rows, total = read_locust_stats(path)
+def test_read_summary(tmp_path):
+    path = tmp_path / "locust_summary.json"
+    path.write_text(json.dumps([
+        {"name": "/v1/predict [single]", "method": "POST", "requests": 90, "failures": 1, "rps": 9.0,
+         "p50_ms": 40, "p95_ms": 120, "p99_ms": 200, "max_ms": 300.5},
+        {"name": "/v1/predict [multi]", "method": "POST", "requests": 0, "failures": 0, "rps": 0.0,
+         "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None},
+        {"name": "Aggregated", "method": "", "requests": 90, "failures": 1, "rps": 9.0,
+         "p50_ms": 40, "p95_ms": 120, "p99_ms": 200, "max_ms": 300.5},
+    ]))
+    rows, total = read_summary(path)
     assert [r.name for r in rows] == ["/v1/predict [single]", "/v1/predict [multi]"]
     assert (total.requests, total.failures, total.p50_ms, total.p95_ms, total.p99_ms) == (90, 1, 40, 120, 200)
     assert math.isnan(rows[1].p95_ms) and math.isnan(rows[1].error_rate)
     table = format_table(rows, total)
-    assert "POST /v1/predict [single]" in table and "1.11%" in table
+    assert "POST /v1/predict [single]" in table and "1.11%" in table and "n/a" in table
 
 
-def test_read_rejects_file_without_aggregated_row(tmp_path):
-    path = tmp_path / "x.csv"
-    path.write_text(HEADER + "\n")
-    with pytest.raises(ValueError, match="no Aggregated row"):
-        read_locust_stats(path)
+def test_read_rejects_file_without_aggregated_entry(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="no Aggregated entry"):
+        read_summary(path)

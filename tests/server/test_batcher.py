@@ -242,3 +242,23 @@ async def test_metrics_record_batches(make_batcher):
     assert value("sentiment_padding_ratio_sum") == pytest.approx(4 / 12)
     assert value("sentiment_queue_wait_seconds_count") == 2
     assert value("sentiment_inference_duration_seconds_count") == 1
+
+
+async def test_loop_error_fails_queued_texts_and_loop_survives(make_batcher, monkeypatch):
+    import server.batcher as module
+
+    real = module.select_batch
+    calls = []
+
+    def broken_once(lengths, limits):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("policy bug")
+        return real(lengths, limits)
+
+    monkeypatch.setattr(module, "select_batch", broken_once)
+    batcher = await make_batcher()
+    with pytest.raises(BatchFailed):
+        await asyncio.wait_for(batcher.submit([seq(1)], far())[0], 2)
+    result = await asyncio.wait_for(batcher.submit([seq(2)], far())[0], 2)
+    assert round(float(result.probabilities[1]) * 100) == 2

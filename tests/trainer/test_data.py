@@ -55,13 +55,12 @@ def test_parquet_layout_cleans_text_and_keeps_labels(tmp_path):
 
 @pytest.mark.parametrize("nested", [True, False])
 def test_acl_tree_layout(tmp_path, nested):
-    root = write_acl_tree(tmp_path / "aclImdb" if nested else tmp_path)
+    write_acl_tree(tmp_path / "aclImdb" if nested else tmp_path)
     train, test, source = load_raw(tmp_path)
     assert source == "aclImdb"
     assert len(train) == 12 and len(test) == 12
     assert train["label"].sum() == 6
     assert train["text"].iloc[0] == "A terrible movie, train 0. The end."  # neg first, cleaned
-    assert root.exists()
 
 
 def test_kaggle_csv_train_and_test_files(tmp_path):
@@ -220,3 +219,9 @@ def test_stratified_split_keeps_proportions_and_exact_size():
 def test_bad_val_fraction(tmp_path):
     with pytest.raises(ValueError, match="val_fraction"):
         load_splits(write_parquet_dir(tmp_path), val_fraction=1.0)
+
+
+@pytest.mark.parametrize("cap", ["max_train_samples", "max_eval_samples"])
+def test_non_positive_cap_is_rejected_before_loading(tmp_path, cap):
+    with pytest.raises(ValueError, match=f"{cap} must be positive"):
+        load_splits(tmp_path / "not-even-there", **{cap: 0})

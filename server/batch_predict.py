@@ -1,0 +1,136 @@
+"""Offline scoring: `python -m server.batch_predict --model-dir DIR INPUT OUTPUT`.
+
+INPUT and OUTPUT are .csv or .parquet; INPUT needs a `text` column. OUTPUT is INPUT plus
+`label`, `score` and one `prob_<label>` column per label, rows in input order. Uses the
+server's OnnxRunner, so offline and online answers agree.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+from server.runner import ModelDirError, OnnxRunner  # noqa: E402
+
+FORMATS = (".csv", ".parquet")
+
+
+class Progress:
+    """tqdm when installed (it is not in the serving image), else a plain stderr line."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self._last = total, 0, 0.0
+        try:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="text", file=sys.stderr)
+        except ImportError:
+            self._bar = None
+            self._start = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self._last >= 1.0 or self.done == self.total:
+            self._last = now
+            rate = self.done / max(now - self._start, 1e-9)
+            print(f"\rscored {self.done}/{self.total} texts ({rate:.0f}/s)", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            print(file=sys.stderr)
+
+
+def score_texts(runner: OnnxRunner, texts: Sequence[str], batch_size: int = 32,
+                progress: Progress | None = None) -> np.ndarray:
+    """Probabilities [n, labels] in input order; batches of similar length (less padding)."""
+    seqs = runner.encode(texts)
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    probs = np.zeros((len(seqs), len(runner.labels)), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        probs[idx] = runner.predict([seqs[i] for i in idx])
+        if progress:
+            progress.update(len(idx))
+    return probs
+
+
+def _read(path: Path):
+    import pandas as pd
+
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def _write(frame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    if path.suffix == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    else:
+        frame.to_csv(tmp, index=False)
+    tmp.replace(path)  # no half-written output if interrupted
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server.batch_predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="0 = physical cores")
+    parser.add_argument("input", type=Path)
+    parser.add_argument("output", type=Path)
+    args = parser.parse_args(argv)
+    for path in (args.input, args.output):
+        if path.suffix not in FORMATS:
+            return _fail(f"{path}: unsupported file type (use {' or '.join(FORMATS)})")
+    if args.batch_size < 1:
+        return _fail("--batch-size must be >= 1")
+    if not args.input.is_file():
+        return _fail(f"{args.input}: no such file")
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        return _fail("pandas is required for batch_predict (pip install pandas pyarrow)")
+    try:
+        frame = _read(args.input)
+    except Exception as exc:  # pandas/pyarrow raise many types for a malformed file
+        return _fail(f"{args.input}: cannot read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    if "text" not in frame.columns:
+        return _fail(f"{args.input}: no `text` column (columns: {', '.join(map(str, frame.columns))[:200]})")
+    try:
+        runner = OnnxRunner(args.model_dir, intra_op_threads=args.intra_op_threads)
+    except ModelDirError as exc:
+        return _fail(str(exc))
+    texts = frame["text"].fillna("").astype(str).tolist()
+    progress = Progress(len(texts))
+    probs = score_texts(runner, texts, args.batch_size, progress)
+    progress.close()
+    labels = np.array(runner.labels)
+    best = probs.argmax(axis=1) if len(texts) else np.zeros(0, dtype=int)
+    frame["label"] = labels[best]
+    frame["score"] = probs[np.arange(len(texts)), best]
+    for j, label in enumerate(runner.labels):
+        frame[f"prob_{label}"] = probs[:, j]
+    _write(frame, args.output)
+    print(f"wrote {len(frame)} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The benchmark end to end on the tiny model (a smoke run: these numbers mean nothing),
+and the PyTorch baseline's answers against a direct forward pass."""
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from loadtest.bench import main as bench_main
+from loadtest.procs import ServedProcess, parse_cpus
+
+
+def post(url: str, payload: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_parse_cpus():
+    assert parse_cpus("") == set() and parse_cpus("0,2") == {0, 2} and parse_cpus("1-3") == {1, 2, 3}
+    with pytest.raises(ValueError):
+        parse_cpus("a-b")
+
+
+def test_torch_baseline_matches_direct_forward(tiny_checkpoint, tmp_path, reviews):
+    import sys
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    cmd = [sys.executable, "-m", "loadtest.torch_baseline", "--checkpoint", str(tiny_checkpoint), "--threads", "1"]
+    with ServedProcess(cmd, tmp_path / "torch.log") as proc:
+        assert proc.ready_body["threads"] == 1 and proc.ready_body["device"] == "cpu"
+        single = post(proc.url + "/v1/predict", {"text": reviews[0][0]})
+        multi = post(proc.url + "/v1/predict", {"texts": [t for t, _ in reviews[:3]]})
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    with torch.inference_mode():
+        enc = tok([reviews[0][0]], truncation=True, max_length=64, return_tensors="pt")
+        expected = torch.softmax(model(**enc).logits[0], -1).tolist()
+    assert single["probabilities"]["positive"] == pytest.approx(expected[1], abs=1e-4)
+    assert single["label"] == ("positive" if expected[1] > expected[0] else "negative")
+    assert len(multi["predictions"]) == 3
+
+
+def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, capsys):
+    # The real server as a subprocess; batch-size-1 and torch runs are the same code path with
+    # other commands (the torch server has its own test above), skipped to keep this short.
+    out = tmp_path / "docs"
+    code = bench_main([
+        "--model-dir", str(tiny_model_dir), "--checkpoint", str(tiny_checkpoint), "--quick", "--texts", "32",
+        "--duration-s", "1", "--max-steps", "2", "--probe-s", "1", "--ceiling-s", "0.3", "--max-batch-size", "8",
+        "--output-dir", str(out),
+        "--log-dir", str(tmp_path / "logs"), "--data-dir", str(tmp_path / "no-data"), "--skip", "batch1,torch",
+    ])
+    assert code == 0, capsys.readouterr()
+    results = json.loads((out / "benchmarks.json").read_text())
+    assert results["texts"] == {"count": 32, "source": "synthetic"}
+    ceiling = results["ceiling"]
+    assert set(ceiling["by_batch_size"]) == {"1", "4", "8"}
+    assert ceiling["texts_per_s"] == max(v["texts_per_s"] for v in ceiling["by_batch_size"].values()) > 0
+    entry = results["server"]
+    assert len(entry["steps"]) == 2 and entry["closed_loop_rps"] > 0
+    assert all(s["sent"] > 0 and s["client_cpu_cores"] >= 0 and s["server_cpu_cores"] > 0 for s in entry["steps"])
+    assert entry["capacity_rps"] > 0, "the tiny model meets 200 ms at 70% of its closed-loop rate"
+    assert set(entry["at_fraction"]) == {"50%", "80%"}
+    assert "server_batch1" not in results and "torch_baseline" not in results
+    md = (out / "BENCHMARKS.md").read_text()
+    assert "Quick mode" in md and "2 / 1: server capacity / ceiling" in md and "2 / 4" not in md
+    assert results["command"].startswith("python -m loadtest.bench --model-dir ")
+
+
+def test_bench_bad_flags_exit_2(tmp_path, capsys):
+    assert bench_main(["--model-dir", str(tmp_path), "--checkpoint", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: --model-dir")
+    assert bench_main(["--model-dir", str(tmp_path), "--checkpoint", str(tmp_path), "--skip", "gpu"]) == 2
+    assert "--skip takes" in capsys.readouterr().err

@@ -1,0 +1,77 @@
+"""Open-loop generator against the stand-in server, and the rate search as pure numbers."""
+from __future__ import annotations
+
+import random
+import time
+
+import aiohttp
+import pytest
+from loadtest_standin import SEEN, create_app
+
+from loadtest.openloop import capacity, next_rate, payloads, poisson_arrivals, run_step
+
+
+def test_search_starts_grows_then_bisects():
+    assert next_rate([], start=70.0) == 70.0
+    assert next_rate([(70.0, True)], start=70.0) == pytest.approx(91.0)
+    history = [(70.0, True), (91.0, False)]
+    assert next_rate(history, start=70.0) == pytest.approx(80.5)
+    history += [(80.5, True)]
+    assert next_rate(history, start=70.0) == pytest.approx(85.75)
+    assert capacity(history) == 80.5
+
+
+def test_search_stops_within_tolerance_and_below_floor():
+    assert next_rate([(97.5, True), (100.0, False)], start=1, tolerance=0.03) is None
+    assert next_rate([(96.0, True), (100.0, False)], start=1, tolerance=0.03) == pytest.approx(98.0)
+    assert next_rate([(0.09, False)], start=1, floor=0.1) is None
+    assert capacity([(0.09, False)]) == 0.0
+
+
+def test_search_first_failure_bisects_down_from_zero():
+    assert next_rate([(50.0, False)], start=50.0) == 25.0
+
+
+def test_noisy_pass_above_a_failure_is_not_capacity():
+    history = [(50.0, True), (65.0, False), (70.0, True)]
+    assert capacity(history) == 50.0
+    assert next_rate(history, start=50.0) == pytest.approx(57.5)
+
+
+def test_poisson_arrivals_have_the_asked_rate():
+    arrivals = poisson_arrivals(200.0, 20.0, random.Random(1))
+    assert 3800 < len(arrivals) < 4200
+    assert all(0 <= a < 20.0 for a in arrivals) and arrivals == sorted(arrivals)
+
+
+async def test_step_against_fast_server(aiohttp_server):
+    server = await aiohttp_server(create_app(delay_s=0.0))
+    async with aiohttp.ClientSession() as session:
+        step = await run_step(session, str(server.make_url("/v1/predict")), payloads(["a good film", "bad"]),
+                              rate=100.0, duration_s=1.0, seed=3)
+    assert 60 < step.sent < 140 and step.errors == 0 and step.ok == step.sent
+    assert len(server.app[SEEN]) == step.sent
+    assert step.p95_ms < 150 and step.meets(200, 0.01)
+    assert 0 <= step.client_cpu_cores < 2
+
+
+async def test_step_is_open_loop_and_latency_shows_server_delay(aiohttp_server):
+    # 300 ms per answer, ~60 arrivals in 1 s: a closed loop of one client would need ~18 s.
+    server = await aiohttp_server(create_app(delay_s=0.3))
+    async with aiohttp.ClientSession() as session:
+        t0 = time.perf_counter()
+        step = await run_step(session, str(server.make_url("/v1/predict")), payloads(["x"]), rate=60.0,
+                              duration_s=1.0, seed=0)
+        wall = time.perf_counter() - t0
+    assert step.sent >= 40 and step.errors == 0
+    assert wall < 4.0
+    assert 300 <= step.p50_ms < 1000 and not step.meets(200, 0.01)
+
+
+async def test_step_counts_errors_by_kind(aiohttp_server):
+    server = await aiohttp_server(create_app(delay_s=0.0))
+    async with aiohttp.ClientSession() as session:
+        step = await run_step(session, str(server.make_url("/v1/predict")), [b'{"text": 5}'], rate=50.0,
+                              duration_s=1.0)
+    assert step.errors == step.sent > 0 and step.error_kinds == {"422": step.sent}
+    assert step.error_rate == 1.0 and not step.meets(10_000, 0.5)

@@ -1,0 +1,143 @@
+"""`python -m loadtest.demo`: its commands are accepted by the real CLIs, and the serving half
+runs end to end (real server process, real HTTP, real locust) on the tiny model."""
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from loadtest import demo
+from loadtest.demo import DemoConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_fit_a_short_cpu_run():
+    cfg = demo.parse_config([])
+    assert cfg.train_config == Path("configs/minilm.yaml") and cfg.model_dir == Path("artifacts/model")
+    assert cfg.train_samples <= 3000 and cfg.max_length <= 128 and cfg.epochs == 1
+    assert cfg.run_time == "30s" and cfg.sla_p95_ms == 200 and not cfg.force
+    cfg = demo.parse_config(["--force", "--train-samples", "100", "--model-dir", "/tmp/m"])
+    assert cfg.force and cfg.train_samples == 100 and cfg.model_dir == Path("/tmp/m")
+
+
+@pytest.mark.parametrize("argv", [["--users", "0"], ["--port", "70000"], ["--max-length", "8"], ["--epochs", "x"]])
+def test_bad_flags_exit_2_with_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        demo.parse_config(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m loadtest.demo: error: "), err
+
+
+def test_train_command_is_accepted_by_the_trainer():
+    from trainer.config import config_from_args, make_parser
+
+    cmd = demo.train_command(DemoConfig())
+    assert cmd[:4] == [sys.executable, "-m", "trainer", "train"]
+    train_cfg = config_from_args(make_parser().parse_args(cmd[4:]))  # raises on an unknown key
+    assert train_cfg.max_train_samples == 2000 and train_cfg.max_eval_samples == 500
+    assert train_cfg.max_length == 128 and train_cfg.epochs == 1 and train_cfg.base_model == "packaged-minilm"
+    assert train_cfg.output_dir == "artifacts/checkpoint"
+
+
+def test_export_server_and_loadtest_commands_are_accepted():
+    from exporter.config import parse_config as export_config
+    from loadtest.__main__ import LoadtestConfig, build_parser
+    from server.config import parse_config as server_config
+
+    cfg = DemoConfig()
+    exp = export_config(demo.export_command(cfg)[3:])
+    assert exp.resolved_quantization == "int8" and exp.min_agreement == 0.98  # the default gate applies
+    srv = server_config(demo.server_command(cfg, 8123)[3:], env={})
+    assert (srv.port, srv.host, srv.model_dir) == (8123, "127.0.0.1", Path("artifacts/model"))
+    args = build_parser().parse_args(demo.loadtest_command(cfg, "http://127.0.0.1:8123")[3:])
+    lt = LoadtestConfig(**{k: v for k, v in vars(args).items() if k != "locust_args"})
+    assert (lt.run_time, lt.sla_p95_ms, lt.users) == ("30s", 200.0, 20)
+
+
+def test_data_command_links_the_shared_copy_when_present(tmp_path):
+    cmd = demo.data_command(DemoConfig(shared_data_dir=tmp_path))
+    assert cmd[cmd.index("--shared-dir") + 1] == str(tmp_path)
+    assert "--shared-dir" not in demo.data_command(DemoConfig(shared_data_dir=tmp_path / "absent"))
+
+
+def test_metric_summary():
+    text = "\n".join([
+        "# TYPE sentiment_batch_size histogram",
+        'sentiment_batch_size_bucket{le="1.0"} 2.0',
+        "sentiment_batch_size_sum 30.0",
+        "sentiment_batch_size_count 6.0",
+        "sentiment_padding_ratio_sum 1.5",
+        "sentiment_padding_ratio_count 6.0",
+        'sentiment_requests_total{code="200",endpoint="predict"} 4.0',
+        'sentiment_requests_total{code="503",endpoint="predict"} 1.0',
+    ])
+    assert demo.metric_totals(text)["sentiment_requests_total"] == 5.0
+    assert demo.server_summary(text) == {"batches": 6.0, "mean_batch_size": 5.0, "texts": 30.0,
+                                         "mean_padding_ratio": 0.25}
+    assert demo.server_summary("") == {"batches": 0.0}
+
+
+def write_data(data_dir: Path, reviews) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    long_reviews = [(text + " " + text * 3, label) for text, label in reviews]  # 200-900 characters
+    df = pd.DataFrame({"id": range(len(long_reviews)), "rating": 5, "label": [lb for _, lb in long_reviews],
+                       "text": [t for t, _ in long_reviews]})
+    df.to_parquet(data_dir / "train.parquet")
+    df.to_parquet(data_dir / "test.parquet")
+
+
+def test_pick_reviews(tmp_path, reviews):
+    write_data(tmp_path, reviews)
+    picked = demo.pick_reviews(tmp_path, n=4)
+    assert len(picked) == 4 and sorted(label for _, label in picked) == [0, 0, 1, 1]
+    assert all(200 <= len(text) <= 900 for text, _ in picked)
+    assert picked == demo.pick_reviews(tmp_path, n=4)
+    assert demo.pick_reviews(tmp_path / "none", n=2) == demo.SAMPLE_REVIEWS[:2]
+
+
+def port_open(url: str) -> bool:
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    with socket.socket() as s:
+        return s.connect_ex((host, int(port))) == 0
+
+
+def test_serving_half_end_to_end(tmp_path, tiny_model_dir, reviews, capfd):
+    """An existing model dir: train/export skipped; serve, query, a 3 s SLA-gated load test, stop."""
+    write_data(tmp_path / "data", reviews)
+    cfg = DemoConfig(data_dir=tmp_path / "data", model_dir=tiny_model_dir, report_dir=tmp_path / "reports",
+                     checkpoint=tmp_path / "never-written", users=2, run_time="3s", sla_p95_ms=2000)
+    code = demo.run(cfg)
+    out = capfd.readouterr().out
+    assert code == 0, out[-3000:]
+    for n, name in enumerate(["data", "train", "export", "serve", "query", "load", "stop"], start=1):
+        assert f"[{n}/7] {name}:" in out and f"---- {name} done in" in out
+    assert "skipped: " in out and not cfg.checkpoint.exists()
+    assert out.count("  truth: ") == 4 and "one request with all 4 texts" in out
+    assert "PASS: requests=" in out and "drained and exited 0" in out
+    assert "server batching: " in out and out.rstrip().splitlines()[-1].startswith("demo: PASS")
+    assert (cfg.report_dir / "loadtest" / "locust_stats.csv").is_file()
+    url = re.search(r"---- serve done in [\d.]+ s: (http://\S+) ready", out).group(1)
+    assert not port_open(url), "the server is still running"
+
+
+def test_a_broken_model_fails_the_serve_step(tmp_path, tiny_model_dir, capfd):
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    cfg = DemoConfig(data_dir=tmp_path / "no-data", shared_data_dir=tmp_path / "no-shared", model_dir=broken,
+                     report_dir=tmp_path / "reports", ready_timeout_s=30)
+    cfg.data_dir.mkdir()
+    for name in ("train.parquet", "test.parquet"):  # present, so the data step does not download
+        (cfg.data_dir / name).write_bytes(b"")
+    code = demo.run(cfg)
+    out = capfd.readouterr().out
+    assert code == 2
+    assert "---- serve FAILED" in out and "exited with status" in out
+    assert "[6/7]" not in out and out.rstrip().splitlines()[-1] == "demo: FAIL (a step failed)"
