@@ -101,8 +101,12 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
     encoder.save_serving_tokenizer(stage / "tokenizer.json")
 
     session = parity.open_session(model_path, cfg.target, cfg.threads)
+    if cfg.target == "gpu" and "CUDAExecutionProvider" not in session.get_providers():
+        # the fp16 graph still runs on the CPU EP (slowly): its numbers are checked, not its speed
+        log.warning("CUDAExecutionProvider unavailable: parity and latency measured on the CPU EP")
     log.info("parity on %d reviews from %s", len(eval_set.texts), eval_set.source)
     parity_result = parity.parity_report(ckpt.model, session, encoder, eval_set)
+    parity_result["providers"] = session.get_providers()
     log.info("measuring latency (batch %s, seq %d)", latency.BATCH_SIZES, latency.SEQ_LEN)
     latency_result = latency.measure_latency(
         session, cfg.latency_repeats, threads=cfg.threads,

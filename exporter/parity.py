@@ -68,7 +68,6 @@ def load_eval_set(data_dir: Path | None, n: int, seed: int, vocab: list[str],
 def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict) -> EvalSet:
     import pandas as pd
 
-    frame, source = None, None
     try:
         from trainer.data import load_splits
     except ImportError:  # exporter installed without the trainer: read parquet directly
@@ -79,7 +78,7 @@ def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict) -> E
             frame = load_splits(data_dir, **kwargs).val
             source = f"{data_dir} validation split (trainer.data.load_splits {kwargs or 'defaults'})"
         else:
-            name = next((n for n in ("validation.parquet", "test.parquet") if (data_dir / n).is_file()), None)
+            name = next((f for f in ("validation.parquet", "test.parquet") if (data_dir / f).is_file()), None)
             if name is None:
                 raise EvalDataError(f"{data_dir} has no validation.parquet or test.parquet")
             frame, source = pd.read_parquet(data_dir / name, columns=["text", "label"]), str(data_dir / name)

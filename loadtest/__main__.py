@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         if f.metadata.get("required"):
             parser.add_argument(flag, type=kind, required=True, help=f.metadata["help"])
         else:
-            parser.add_argument(flag, type=kind, default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
+            shown = "" if f.default is None else f" (default: {f.default})"
+            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"] + shown)
     parser.add_argument("locust_args", nargs="*", help="after `--`: extra options passed to locust unchanged")
     return parser
 
@@ -92,7 +93,11 @@ def check_reachable(url: str, timeout_s: float = 3.0) -> None:
 
 def run(config: LoadtestConfig, extra: list[str]) -> int:
     report_dir = Path(config.report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot create --report-dir {report_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         check_reachable(config.host)
     except OSError as exc:

@@ -40,6 +40,31 @@ from loadtest.openloop import capacity, closed_loop_throughput, next_rate, paylo
 from loadtest.procs import ServedProcess, parse_cpus  # noqa: E402
 from loadtest.texts import DEFAULT_DATA_DIR, load_texts  # noqa: E402
 
+_HELP = {
+    "model_dir": "exporter's model directory (served by configurations 1-3)",
+    "checkpoint": "trainer checkpoint of the same model (served by the PyTorch baseline, 4)",
+    "texts": "reviews loaded and sent, the same for every configuration",
+    "data_dir": "directory with test.parquet; generated look-alike reviews when absent",
+    "max_batch_size": "server --max-batch-size for configuration 2 (0: the server's default)",
+    "intra_op_threads": "ONNX Runtime intra-op threads for 1-3 (0: the server's default, physical cores)",
+    "torch_threads": "torch threads for the baseline (0: the same as ONNX Runtime's)",
+    "torch_device": "torch device for the baseline: cpu or cuda",
+    "duration_s": "seconds per open-loop step (longer at low rates: each step sends >= 40 requests)",
+    "max_steps": "open-loop steps per configuration's rate search",
+    "probe_s": "seconds of the closed-loop probe that seeds each search",
+    "ceiling_s": "seconds per batch size in the ceiling measurement",
+    "probe_concurrency": "clients in the closed-loop probe",
+    "sla_p95_ms": "p95 latency a rate must meet, ms",
+    "max_error_rate": "largest share of failed requests a rate may have",
+    "timeout_s": "client timeout per request (a timeout counts as an error)",
+    "server_cpus": "pin served processes (and the ceiling) to these CPUs, e.g. 0 or 0-1 (default: no pinning)",
+    "client_cpus": "pin the load generator to these CPUs (default: no pinning)",
+    "server_args": "extra flags for python -m server, one quoted string",
+    "skip": "comma list of configurations to leave out: batch1, torch",
+    "output_dir": "where BENCHMARKS.md and benchmarks.json go",
+    "log_dir": "where the served processes' logs go",
+    "seed": "seed for review order and arrival times",
+}
 QUICK = {"texts": 96, "duration_s": 4.0, "max_steps": 3, "probe_s": 2.0, "ceiling_s": 2.0}
 
 
@@ -231,10 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action="store_true", help="smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
                                 + "; output to reports/bench-quick unless --output-dir is given")
         elif f.name in ("model_dir", "checkpoint"):
-            parser.add_argument(flag, type=Path, required=True)
+            parser.add_argument(flag, type=Path, required=True, help=_HELP[f.name])
         else:
             kind = {"int": int, "float": float, "str": str, "Path": Path}[f.type]
-            parser.add_argument(flag, type=kind, default=None, help=f"(default: {f.default})")
+            default = f" (default: {f.default})" if f.default not in ("", 0) else ""
+            parser.add_argument(flag, type=kind, default=None, help=_HELP[f.name] + default)
     return parser
 
 

@@ -133,9 +133,10 @@ class ReviewUser(HttpUser):
             try:
                 body = resp.json()
             except ValueError:
-                resp.failure("response is not JSON")
-                return
-            if count is None and "label" not in body:
+                body = None
+            if not isinstance(body, dict):
+                resp.failure("response is not a JSON object")
+            elif count is None and "label" not in body:
                 resp.failure("response has no label")
             elif count is not None and len(body.get("predictions", ())) != count:
                 resp.failure(f"expected {count} predictions")

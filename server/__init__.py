@@ -1,0 +1,1 @@
+"""IMDB sentiment inference server: aiohttp + ONNX Runtime with dynamic micro-batching (`python -m server`)."""

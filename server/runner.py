@@ -38,7 +38,8 @@ class Runner(Protocol):
 
 
 def physical_cores() -> int:
-    """Physical cores available to this process (SMT siblings counted once)."""
+    """Physical cores this process may use: SMT siblings counted once, capped by a cgroup
+    CPU quota (a container limited to 2 CPUs on a 64-core node must not start 32 threads)."""
     try:
         available = os.sched_getaffinity(0)
     except AttributeError:  # not Linux
@@ -50,7 +51,24 @@ def physical_cores() -> int:
             cores.add(path.read_text().strip())
         except OSError:
             cores.add(str(cpu))
-    return max(1, len(cores))
+    quota = _cgroup_cpu_quota()
+    count = len(cores) if quota is None else min(len(cores), max(1, int(quota + 0.5)))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs allowed by cgroup v2 `cpu.max` (or v1 cfs quota); None when unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -199,9 +199,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def make_parser() -> argparse.ArgumentParser:
+    keys = "\n".join(f"  {f.name} = {f.default!r}" for f in fields(TrainConfig))
     parser = _Parser(
         prog="python -m trainer train",
         description="Fine-tune a transformer for IMDB sentiment (also under torchrun for DDP).",
+        epilog=f"config keys (YAML or --set) and their defaults:\n{keys}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML file of TrainConfig keys")
     parser.add_argument("--data-dir", help="dataset directory (train/test parquet, aclImdb/ tree or CSV)")

@@ -84,6 +84,7 @@ def save_plots(
 
     matplotlib.use("Agg")  # headless: no display on the training machines
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,8 @@ def save_plots(
         if points:
             ax_acc.plot(*zip(*points), marker="o", color="tab:green", label="validation")
             ax_acc.legend()
+        for ax in (ax_loss, ax_acc):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_acc.set_xlabel("epoch")
         ax_acc.set_ylabel("accuracy")
         ax_acc.set_title("Validation accuracy")

@@ -1,7 +1,6 @@
 """Server test helpers: a fake runner for HTTP-layer tests (the end-to-end tests use the tiny model)."""
 from __future__ import annotations
 
-import socket
 import threading
 
 import numpy as np
@@ -59,12 +58,6 @@ def expected_positive(n_tokens: int) -> list[float]:
 @pytest.fixture
 def fake_runner() -> FakeRunner:
     return FakeRunner()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

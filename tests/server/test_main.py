@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -127,6 +126,8 @@ async def test_sigterm_under_load_answers_every_accepted_request(tiny_model_dir,
     received = [what for what, _ in outcomes if what != "not-connected"]
     assert sorted(served) == sorted(int(w.split(":")[0]) for w in received)
     assert "Traceback" not in log_path.read_text()
+    assert "was fine" not in log_path.read_text()  # the access log never holds review text
+    assert all(len(x["request_id"]) == 32 and x["latency_ms"] >= 0 for x in lines if x.get("event") == "access")
 
 
 def test_batch_predict_csv_and_parquet(tmp_path, tiny_model_dir, reviews, capsys):

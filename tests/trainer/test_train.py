@@ -128,7 +128,7 @@ def test_grad_accumulation_equals_one_big_batch(tiny_checkpoint, reviews, split)
             group.append((to_device([seqs[i] for i in idx], pad_id, cpu), torch.from_numpy(labels[idx])))
             start += size
         loss, norm = optimizer_step(model, group, opt, sched, scaler, max_grad_norm=1.0)
-        return model, loss, norm
+        return model, float(loss), float(norm)
 
     full, loss_full, norm_full = one_update([8])
     accum, loss_accum, norm_accum = one_update(split)
@@ -140,6 +140,26 @@ def test_grad_accumulation_equals_one_big_batch(tiny_checkpoint, reviews, split)
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=name)
         moved += int(not torch.equal(a, before[name]))
     assert moved > 10  # the update really changed the weights
+
+
+def test_classification_metrics_match_sklearn():
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    from trainer.metrics import classification_metrics
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, size=200)
+    p_pos = np.clip(labels * 0.35 + rng.random(200) * 0.65, 0, 1)
+    m = classification_metrics(labels, np.stack([1 - p_pos, p_pos], axis=1), loss=0.3)
+    pred = (p_pos >= 0.5).astype(int)
+    prec, rec, f1, support = precision_recall_fscore_support(labels, pred)
+    assert m["accuracy"] == pytest.approx(accuracy_score(labels, pred))
+    assert m["confusion_matrix"] == confusion_matrix(labels, pred).tolist()
+    for k, name in enumerate(("negative", "positive")):
+        c = m["per_class"][name]
+        assert (c["precision"], c["recall"], c["f1"], c["support"]) == pytest.approx((prec[k], rec[k], f1[k], support[k]))
+    assert m["f1_macro"] == pytest.approx(f1.mean()) and m["samples"] == 200 and m["loss"] == 0.3
+    assert classification_metrics(labels, p_pos) == {**m, "loss": None}  # [n] P(positive) works too
 
 
 # --------------------------------------------------------------------------- whole runs
