@@ -29,11 +29,15 @@ class EvalSet:
     source: str
 
 
-def open_session(path: Path, target: str = "cpu", threads: int = 0):
+def open_session(path: Path, target: str = "cpu", threads: int = 0, spinning: bool = True):
+    """`spinning=False` when several engines share the cores: ORT's idle workers otherwise
+    busy-wait after each run and starve whatever runs next (PyTorch, another session)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers = ["CPUExecutionProvider"]
     if target == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():

@@ -105,10 +105,13 @@ def _row(label: str, entry: dict) -> str:
     prefix = ">= " if entry.get("capacity_is_lower_bound") else ""
     return (f"| {label} | {prefix}{_f(cap)}{note} | {_f(entry['closed_loop_rps'])} | {_f(step.get('p50_ms'), '.0f')} | "
             f"{_f(step.get('p95_ms'), '.0f')} | {_f(step.get('p99_ms'), '.0f')} | {_f(step.get('error_rate'), '.2%')} | "
-            f"{_f(step.get('server_cpu_cores'), '.2f')} | {_f(step.get('client_cpu_cores'), '.2f')} |")
+            f"{_f(step.get('server_cpu_cores'), '.2f')} | {_f(step.get('client_cpu_cores'), '.2f')} | "
+            f"{_f(step.get('other_cpu_cores'), '.2f')} |")
 
 
 def render_markdown(r: dict) -> str:
+    r = {**r, "_discarded": sum(st.get("discarded", False) for name in ("server", "server_batch1", "torch_baseline")
+                                if name in r for st in r[name]["steps"])}
     m, c, s, cfg = r["machine"], r["ceiling"], r["summary"], r["config"]
     runner = c["runner"]
     sla = f"p95 <= {cfg['sla_p95_ms']:g} ms and errors <= {cfg['max_error_rate']:.0%}"
@@ -135,12 +138,15 @@ def render_markdown(r: dict) -> str:
         f"{cfg['duration_s']:g} s each, longer at low rates so each step has >= 40 requests). \">=\" marks a search "
         "that ran out of steps before any rate missed. Latencies are measured from each "
         "request's scheduled arrival time and are those of the step at capacity. CPU columns: cores used by the "
-        "server process and by the load generator during that step.",
+        "server process, by the load generator, and by every other process on the machine during that step "
+        f"(/proc/stat). A step that missed the SLA while other processes kept more than {cfg['max_other_cpu']:g} "
+        f"cores busy was run again (at most {cfg['retries']} times per configuration; "
+        f"{r['_discarded']} such steps in this run, kept in the JSON as discarded).",
         "",
-        "| configuration | capacity (req/s) | closed-loop (req/s) | p50 ms | p95 ms | p99 ms | errors | server CPU | generator CPU |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| configuration | capacity (req/s) | closed-loop (req/s) | p50 ms | p95 ms | p99 ms | errors | server CPU | generator CPU | other CPU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| 1. ceiling: ONNX Runtime alone, best batch size ({c['best_batch_size']}) | {_f(c['texts_per_s'])} (texts/s) "
-        "| | | | | | | |",
+        "| | | | | | | | |",
         _row(f"2. server, dynamic batching (max batch {cfg['max_batch_size']})", r["server"]),
     ]
     if "server_batch1" in r:
@@ -150,11 +156,12 @@ def render_markdown(r: dict) -> str:
     sizes = ", ".join(f"{k}: {v['texts_per_s']:.1f}" for k, v in c["by_batch_size"].items())
     lines += ["", f"Ceiling by batch size (texts/s, tokenization included, length-sorted batches): {sizes}."]
     lines += ["", f"Server (2) below its capacity of {_f(r['server']['capacity_rps'])} req/s:", "",
-              "| load | rate (req/s) | p50 ms | p95 ms | p99 ms | errors | generator send lag p99 ms |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| load | rate (req/s) | p50 ms | p95 ms | p99 ms | errors | generator send lag p99 ms | other CPU |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, step in r["server"]["at_fraction"].items():
         lines.append(f"| {label} | {step['rate']:.1f} | {step['p50_ms']:.0f} | {step['p95_ms']:.0f} | "
-                     f"{step['p99_ms']:.0f} | {step['error_rate']:.2%} | {step['send_lag_p99_ms']:.1f} |")
+                     f"{step['p99_ms']:.0f} | {step['error_rate']:.2%} | {step['send_lag_p99_ms']:.1f} | "
+                     f"{_f(step.get('other_cpu_cores'), '.2f')} |")
     lines += [
         "",
         "## Ratios and targets",

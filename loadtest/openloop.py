@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import random
 import resource
 import time
@@ -41,6 +42,9 @@ class StepResult:
     send_lag_p99_ms: float  # how late the generator sent, vs the schedule
     client_cpu_cores: float  # this process's CPU time / wall time
     server_cpu_cores: float | None = None
+    # Cores busy with anything but the server and this generator: other work on a shared
+    # machine, which slows the server and makes the step unrepresentative.
+    other_cpu_cores: float | None = None
     error_kinds: dict = field(default_factory=dict)
 
     @property
@@ -102,7 +106,8 @@ async def run_step(session: aiohttp.ClientSession, url: str, bodies: Sequence[by
         if status != 200:
             kinds[str(status)] = kinds.get(str(status), 0) + 1
 
-    cpu0, srv0, wall0 = _cpu_seconds(), (server_cpu() if server_cpu else None), time.perf_counter()
+    cpu0, srv0, sys0, wall0 = (_cpu_seconds(), server_cpu() if server_cpu else None, _system_busy_seconds(),
+                               time.perf_counter())
     start = loop.time() + 0.05
     tasks = []
     for i, at in enumerate(arrivals):
@@ -115,6 +120,8 @@ async def run_step(session: aiohttp.ClientSession, url: str, bodies: Sequence[by
     wall = time.perf_counter() - wall0
     cpu = _cpu_seconds() - cpu0
     srv = (server_cpu() - srv0) / wall if server_cpu and srv0 is not None else None
+    busy = _system_busy_seconds()
+    other = (busy - sys0) / wall - cpu / wall - (srv or 0.0) if busy is not None and sys0 is not None else None
     errors = sum(kinds.values())
     pct = (lambda q: float(np.percentile(latencies, q))) if len(arrivals) else (lambda q: math.nan)
     return StepResult(
@@ -122,7 +129,8 @@ async def run_step(session: aiohttp.ClientSession, url: str, bodies: Sequence[by
         p50_ms=pct(50), p95_ms=pct(95), p99_ms=pct(99), max_ms=pct(100),
         achieved_rps=(len(arrivals) - errors) / wall,
         send_lag_p99_ms=float(np.percentile(lags, 99) * 1000.0) if len(arrivals) else 0.0,
-        client_cpu_cores=cpu / wall, server_cpu_cores=srv, error_kinds=dict(sorted(kinds.items())),
+        client_cpu_cores=cpu / wall, server_cpu_cores=srv,
+        other_cpu_cores=max(0.0, other) if other is not None else None, error_kinds=dict(sorted(kinds.items())),
     )
 
 
@@ -187,3 +195,15 @@ def capacity(history: Sequence[tuple[float, bool]]) -> float:
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _system_busy_seconds() -> float | None:
+    """CPU seconds all CPUs of the machine spent busy (not idle or waiting on I/O), from /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already inside user)
+    busy = sum(values[:8]) - values[3] - values[4]
+    return busy / os.sysconf("SC_CLK_TCK")

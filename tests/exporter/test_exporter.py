@@ -256,3 +256,12 @@ def test_missing_eval_data_is_one_line(tmp_path, tiny_checkpoint, capsys):
     assert code == 2
     assert "--eval-data" in _one_error_line(capsys)
     assert not out.exists()
+
+
+def test_benchmark_cli_rejects_unknown_names(capsys):
+    from exporter.benchmark import main as bench_main
+
+    assert bench_main(["--models", "minilm,gpt5"]) == 2
+    assert "gpt5" in capsys.readouterr().err
+    assert bench_main(["--models", "checkpoint"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err

@@ -53,6 +53,7 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
         "--duration-s", "1", "--max-steps", "2", "--probe-s", "1", "--ceiling-s", "0.3", "--max-batch-size", "8",
         "--output-dir", str(out),
         "--log-dir", str(tmp_path / "logs"), "--data-dir", str(tmp_path / "no-data"), "--skip", "batch1,torch",
+        "--retries", "0",  # a shared test machine would otherwise re-run steps
     ])
     assert code == 0, capsys.readouterr()
     results = json.loads((out / "benchmarks.json").read_text())
@@ -61,8 +62,10 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     assert set(ceiling["by_batch_size"]) == {"1", "4", "8"}
     assert ceiling["texts_per_s"] == max(v["texts_per_s"] for v in ceiling["by_batch_size"].values()) > 0
     entry = results["server"]
-    assert len(entry["steps"]) == 2 and entry["closed_loop_rps"] > 0
-    assert all(s["sent"] > 0 and s["client_cpu_cores"] >= 0 and s["server_cpu_cores"] > 0 for s in entry["steps"])
+    assert len(entry["steps"]) == 4 and entry["closed_loop_rps"] > 0  # 2 search steps, then 50% and 80%
+    assert all(s["sent"] > 0 and s["client_cpu_cores"] >= 0 and s["server_cpu_cores"] > 0 and s["other_cpu_cores"] >= 0
+               and not s["discarded"] for s in entry["steps"])
+    assert [s.get("fraction") for s in entry["steps"]] == [None, None, 0.5, 0.8]
     assert entry["capacity_rps"] > 0, "the tiny model meets 200 ms at 70% of its closed-loop rate"
     assert set(entry["at_fraction"]) == {"50%", "80%"}
     assert "server_batch1" not in results and "torch_baseline" not in results

@@ -43,6 +43,7 @@ def test_train_command_is_accepted_by_the_trainer():
     train_cfg = config_from_args(make_parser().parse_args(cmd[4:]))  # raises on an unknown key
     assert train_cfg.max_train_samples == 2000 and train_cfg.max_eval_samples == 500
     assert train_cfg.max_length == 128 and train_cfg.epochs == 1 and train_cfg.base_model == "packaged-minilm"
+    assert (train_cfg.batch_size, train_cfg.lr, train_cfg.head_tokens) == (16, 1e-4, 64)
     assert train_cfg.output_dir == "artifacts/checkpoint"
 
 
@@ -87,8 +88,12 @@ def test_metric_summary():
 def write_data(data_dir: Path, reviews) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     long_reviews = [(text + " " + text * 3, label) for text, label in reviews]  # 200-900 characters
-    df = pd.DataFrame({"id": range(len(long_reviews)), "rating": 5, "label": [lb for _, lb in long_reviews],
-                       "text": [t for t, _ in long_reviews]})
+    labels = [lb for _, lb in long_reviews]
+    df = pd.DataFrame({"id": range(len(long_reviews)), "rating": [10 if lb else 1 for lb in labels],
+                       "label": labels, "text": [t for t, _ in long_reviews]})
+    # An ambiguous 4-star review of each label: the demo must not pick these.
+    df.loc[len(df)] = [98, 4, 0, "Ambiguous, neither here nor there. " * 8]
+    df.loc[len(df)] = [99, 7, 1, "Ambiguous, neither here nor there. " * 8]
     df.to_parquet(data_dir / "train.parquet")
     df.to_parquet(data_dir / "test.parquet")
 
@@ -97,8 +102,10 @@ def test_pick_reviews(tmp_path, reviews):
     write_data(tmp_path, reviews)
     picked = demo.pick_reviews(tmp_path, n=4)
     assert len(picked) == 4 and sorted(label for _, label in picked) == [0, 0, 1, 1]
-    assert all(200 <= len(text) <= 900 for text, _ in picked)
+    assert all(200 <= len(text) <= 900 and "Ambiguous" not in text for text, _ in picked)
     assert picked == demo.pick_reviews(tmp_path, n=4)
+    everything = demo.pick_reviews(tmp_path, n=10)  # more than there are clear-cut reviews
+    assert len(everything) == 8 and not any("Ambiguous" in text for text, _ in everything)
     assert demo.pick_reviews(tmp_path / "none", n=2) == demo.SAMPLE_REVIEWS[:2]
 
 
@@ -119,7 +126,7 @@ def test_serving_half_end_to_end(tmp_path, tiny_model_dir, reviews, capfd):
     for n, name in enumerate(["data", "train", "export", "serve", "query", "load", "stop"], start=1):
         assert f"[{n}/7] {name}:" in out and f"---- {name} done in" in out
     assert "skipped: " in out and not cfg.checkpoint.exists()
-    assert out.count("  truth: ") == 4 and "one request with all 4 texts" in out
+    assert out.count("  truth: ") == 6 and "one request with all 6 texts" in out
     assert "PASS: requests=" in out and "drained and exited 0" in out
     assert "server batching: " in out and out.rstrip().splitlines()[-1].startswith("demo: PASS")
     assert (cfg.report_dir / "loadtest" / "locust_stats.csv").is_file()
