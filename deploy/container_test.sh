@@ -60,7 +60,7 @@ say "exporting a tiny random model (real exporter, int8)"
 import sys
 from pathlib import Path
 sys.path.insert(0, "tests")
-from conftest import build_tiny_checkpoint
+from tiny_model import build_tiny_checkpoint
 build_tiny_checkpoint(Path(sys.argv[1]))
 EOF
 "$PY" -m exporter --checkpoint "$WORK/checkpoint" --output-dir "$WORK/model" --quantize int8 \

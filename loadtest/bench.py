@@ -28,6 +28,7 @@ import asyncio  # noqa: E402
 import itertools  # noqa: E402
 import random  # noqa: E402
 import shlex  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass, fields  # noqa: E402
@@ -36,7 +37,9 @@ from pathlib import Path  # noqa: E402
 import aiohttp  # noqa: E402
 
 from loadtest.bench_report import machine_info, write_report  # noqa: E402
-from loadtest.openloop import capacity, closed_loop_throughput, next_rate, payloads, run_step  # noqa: E402
+from loadtest.openloop import (  # noqa: E402
+    capacity, closed_loop_throughput, next_rate, payloads, run_step, wait_for_quiet,
+)
 from loadtest.procs import ServedProcess, parse_cpus  # noqa: E402
 from loadtest.texts import DEFAULT_DATA_DIR, load_texts  # noqa: E402
 
@@ -59,6 +62,7 @@ _HELP = {
     "timeout_s": "client timeout per request (a timeout counts as an error)",
     "max_other_cpu": "a step missing the SLA while other processes kept more than this many cores busy is run again",
     "retries": "most such re-runs per configuration",
+    "quiet_wait_s": "before each step, wait up to this long for other processes to use <= --max-other-cpu cores",
     "server_cpus": "pin served processes (and the ceiling) to these CPUs, e.g. 0 or 0-1 (default: no pinning)",
     "client_cpus": "pin the load generator to these CPUs (default: no pinning)",
     "server_args": "extra flags for python -m server, one quoted string",
@@ -67,7 +71,7 @@ _HELP = {
     "log_dir": "where the served processes' logs go",
     "seed": "seed for review order and arrival times",
 }
-QUICK = {"texts": 96, "duration_s": 4.0, "max_steps": 3, "probe_s": 2.0, "ceiling_s": 2.0}
+QUICK = {"texts": 96, "duration_s": 4.0, "max_steps": 3, "probe_s": 2.0, "ceiling_s": 2.0, "quiet_wait_s": 5.0}
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class BenchConfig:
     timeout_s: float = 5.0
     max_other_cpu: float = 0.3
     retries: int = 3
+    quiet_wait_s: float = 60.0
     server_cpus: str = ""
     client_cpus: str = ""
     server_args: str = ""
@@ -104,8 +109,8 @@ class BenchConfig:
             from server.config import ServerConfig
 
             object.__setattr__(self, "max_batch_size", ServerConfig.max_batch_size)
-        if self.retries < 0 or self.max_other_cpu < 0:
-            raise ValueError("--retries and --max-other-cpu must be >= 0")
+        if self.retries < 0 or self.max_other_cpu < 0 or self.quiet_wait_s < 0:
+            raise ValueError("--retries, --max-other-cpu and --quiet-wait-s must be >= 0")
         for name in ("texts", "max_batch_size", "max_steps", "probe_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -147,6 +152,7 @@ def measure_ceiling(config: BenchConfig, texts: list[str]) -> dict:
     seconds = config.ceiling_s  # per batch size
     by_size = {}
     for size in ceiling_batch_sizes(config.max_batch_size):
+        asyncio.run(wait_for_quiet(config.max_other_cpu, config.quiet_wait_s))
         batches = [[texts[i] for i in order[k:k + size]] for k in range(0, len(order), size)]
         random.Random(config.seed).shuffle(batches)
         done = tokens = padded = 0
@@ -192,6 +198,7 @@ async def search(name: str, proc: ServedProcess, bodies: list[bytes], config: Be
         async def measure(rate: float, **tags) -> bool:
             """One step at `rate`; a miss while other processes kept the CPUs busy is run again."""
             while True:
+                await wait_for_quiet(config.max_other_cpu, config.quiet_wait_s, proc.cpu_seconds)
                 step = await run_step(session, url, bodies, rate, config.duration_s, seed=config.seed + len(steps),
                                       timeout_s=config.timeout_s, server_cpu=proc.cpu_seconds)
                 await asyncio.sleep(0.5)  # every answer is in; let the server settle before the next rate
@@ -253,10 +260,14 @@ def run(config: BenchConfig, argv: list[str]) -> int:
             results[name] = {"command": shlex.join(cmd[1:] + ["--port", str(proc.port)]), "ready": proc.ready_body,
                              **asyncio.run(search(name, proc, bodies, config, fractions))}
     info["load_average_end"] = os.getloadavg()
+    from server.config import ServerConfig
+
+    server_defaults = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(ServerConfig()).items()}
     paths = write_report(config.output_dir, {
         "command": "python -m loadtest.bench " + shlex.join(argv),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "texts": {"count": len(texts), "source": source}, "machine": info, "ceiling": ceiling, **results,
+        "texts": {"count": len(texts), "source": source}, "machine": info, "ceiling": ceiling,
+        "server_defaults": server_defaults, **results,
     })
     print(f"wrote {', '.join(str(p) for p in paths)}", flush=True)
     return 0
@@ -278,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = vars(build_parser().parse_args(argv))
@@ -294,8 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file() and not (what == "--checkpoint" and "torch" in config.skipped):
             print(f"error: {what} {path.parent} has no {path.name}", file=sys.stderr)
             return 2
+    # SIGTERM unwinds like Ctrl-C, so the served processes' context managers stop them.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(config, argv)
+    except KeyboardInterrupt:
+        print("error: interrupted; no report written", file=sys.stderr)
+        return 130
     except RuntimeError as exc:  # a served process failed to start: one line, log path included
         print(f"error: {exc}", file=sys.stderr)
         return 1

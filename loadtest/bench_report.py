@@ -113,6 +113,7 @@ def render_markdown(r: dict) -> str:
     r = {**r, "_discarded": sum(st.get("discarded", False) for name in ("server", "server_batch1", "torch_baseline")
                                 if name in r for st in r[name]["steps"])}
     m, c, s, cfg = r["machine"], r["ceiling"], r["summary"], r["config"]
+    sd = r.get("server_defaults")  # the server's settings other than those the benchmark passes
     runner = c["runner"]
     sla = f"p95 <= {cfg['sla_p95_ms']:g} ms and errors <= {cfg['max_error_rate']:.0%}"
     lines = [
@@ -147,7 +148,8 @@ def render_markdown(r: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| 1. ceiling: ONNX Runtime alone, best batch size ({c['best_batch_size']}) | {_f(c['texts_per_s'])} (texts/s) "
         "| | | | | | | | |",
-        _row(f"2. server, dynamic batching (max batch {cfg['max_batch_size']})", r["server"]),
+        _row(f"2. server, dynamic batching (max batch {cfg['max_batch_size']} texts"
+             + (f" / {sd['max_batch_tokens']} tokens, wait <= {sd['max_wait_ms']:g} ms" if sd else "") + ")", r["server"]),
     ]
     if "server_batch1" in r:
         lines.append(_row("3. server, --max-batch-size 1", r["server_batch1"]))

@@ -197,6 +197,28 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def wait_for_quiet(max_other_cores: float, max_wait_s: float, own_cpu=None, interval_s: float = 1.0) -> float | None:
+    """Wait (at most `max_wait_s`) until processes other than this one and `own_cpu`'s keep
+    no more than `max_other_cores` busy; returns the last reading (None without /proc/stat).
+
+    On a shared machine a step measured while someone else's job runs says more about that
+    job than about the server.
+    """
+    if max_wait_s <= 0:
+        return None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_wait_s
+    while True:
+        busy0, mine0, srv0, t0 = _system_busy_seconds(), _cpu_seconds(), own_cpu() if own_cpu else 0.0, loop.time()
+        await asyncio.sleep(interval_s)
+        busy1, wall = _system_busy_seconds(), loop.time() - t0
+        if busy0 is None or busy1 is None:
+            return None
+        other = (busy1 - busy0 - (_cpu_seconds() - mine0) - ((own_cpu() if own_cpu else 0.0) - srv0)) / wall
+        if other <= max_other_cores or loop.time() >= deadline:
+            return max(0.0, other)
+
+
 def _system_busy_seconds() -> float | None:
     """CPU seconds all CPUs of the machine spent busy (not idle or waiting on I/O), from /proc/stat."""
     try:

@@ -65,7 +65,7 @@ def _onnx_logits(model_dir: Path, ids: np.ndarray, mask: np.ndarray) -> np.ndarr
 
 @pytest.fixture(scope="module")
 def headtail_checkpoint(tmp_path_factory) -> Path:
-    from conftest import build_tiny_checkpoint
+    from tiny_model import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("ht") / "ckpt", truncation="head+tail", seed=1)
 

@@ -53,7 +53,7 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
         "--duration-s", "1", "--max-steps", "2", "--probe-s", "1", "--ceiling-s", "0.3", "--max-batch-size", "8",
         "--output-dir", str(out),
         "--log-dir", str(tmp_path / "logs"), "--data-dir", str(tmp_path / "no-data"), "--skip", "batch1,torch",
-        "--retries", "0",  # a shared test machine would otherwise re-run steps
+        "--retries", "0", "--quiet-wait-s", "0",  # a shared test machine would otherwise wait and re-run steps
     ])
     assert code == 0, capsys.readouterr()
     results = json.loads((out / "benchmarks.json").read_text())

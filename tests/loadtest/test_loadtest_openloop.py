@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from loadtest_standin import SEEN, create_app
 
-from loadtest.openloop import capacity, next_rate, payloads, poisson_arrivals, run_step
+from loadtest.openloop import capacity, next_rate, payloads, poisson_arrivals, run_step, wait_for_quiet
 
 
 def test_search_starts_grows_then_bisects():
@@ -75,3 +75,9 @@ async def test_step_counts_errors_by_kind(aiohttp_server):
                               duration_s=1.0)
     assert step.errors == step.sent > 0 and step.error_kinds == {"422": step.sent}
     assert step.error_rate == 1.0 and not step.meets(10_000, 0.5)
+
+
+async def test_wait_for_quiet_reads_other_load():
+    other = await wait_for_quiet(max_other_cores=64.0, max_wait_s=2.0, interval_s=0.2)
+    assert other is not None and 0.0 <= other < 64.0
+    assert await wait_for_quiet(0.0, 0.0) is None
