@@ -16,6 +16,7 @@ RUN_TIME ?= 60s
 TRAIN_ARGS ?=
 EXPORT_ARGS ?=
 SERVE_ARGS ?=
+BENCH_ARGS ?=
 ENGINE ?= ../shared/tools/container/engine
 
 .DEFAULT_GOAL := help
@@ -29,9 +30,9 @@ help:
 	@echo "make baseline        TF-IDF + logistic regression baseline into artifacts/baseline"
 	@echo "make eda             data report into reports/eda"
 	@echo "make export          $(CHECKPOINT) -> int8 ONNX model directory $(MODEL_DIR)"
-	@echo "make serve           serve $(MODEL_DIR) on http://$(HOST):$(PORT)"
+	@echo "make serve           serve $(MODEL_DIR) on http://$(HOST):$(PORT) (SERVE_ARGS=\"--max-wait-ms 5 --intra-op-threads 2 ...\")"
 	@echo "make loadtest        locust SLA gate against http://$(HOST):$(PORT)"
-	@echo "make bench           capacity benchmark -> docs/BENCHMARKS.md"
+	@echo "make bench           capacity benchmark -> docs/BENCHMARKS.md (BENCH_ARGS=--quick for a 2-minute smoke run)"
 	@echo "make demo            the whole pipeline in under 20 minutes on 2 cores"
 	@echo "make test-container  build Dockerfile.cpu with the local engine and smoke-test it"
 
@@ -82,7 +83,7 @@ loadtest: $(STAMP)
 
 bench: $(STAMP)
 	@echo ">> bench: capacity benchmark on $(MODEL_DIR) (checkpoint $(CHECKPOINT)) -> docs/BENCHMARKS.md"
-	$(PY) -m loadtest.bench --model-dir $(MODEL_DIR) --checkpoint $(CHECKPOINT)
+	$(PY) -m loadtest.bench --model-dir $(MODEL_DIR) --checkpoint $(CHECKPOINT) $(BENCH_ARGS)
 
 demo: $(STAMP)
 	@echo ">> demo: install, data, short CPU fine-tune, export, serve, query, load test"
