@@ -25,7 +25,7 @@ def test_defaults():
     config = parse_config([], env={})
     assert config == ServerConfig()
     assert (config.max_batch_size, config.max_wait_ms, config.max_queue, config.request_timeout_ms,
-            config.max_texts_per_request, config.drain_timeout_s) == (32, 5.0, 256, 1000.0, 64, 10.0)
+            config.max_texts_per_request, config.drain_timeout_s) == (32, 2.0, 256, 1000.0, 64, 10.0)
 
 
 def test_environment_then_command_line():
