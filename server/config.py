@@ -46,9 +46,9 @@ class ServerConfig:
     # Bounds a batch's compute time, which on CPU is what the SLA is about. Measured with
     # the int8 MiniLM: ~8k tokens per core-second whatever the batch size (batching saves
     # per-run overhead, not per-token work), so 512 tokens is ~35 ms on 2 cores and a text
-    # waiting behind a running batch loses little. Against 1024 tokens and 5 ms this raised
-    # the open-loop capacity at p95 <= 200 ms from 66% to 72% of the ONNX Runtime ceiling
-    # (docs/BENCHMARKS.md). Short texts still batch 32 at a time (32 x 16 tokens).
+    # waiting behind a running batch loses little. (Open-loop capacity at p95 <= 200 ms was
+    # 61-72% of the ONNX Runtime ceiling in three runs with 512 or 1024: within run-to-run
+    # noise, docs/RESULTS.md.) Short texts still batch 32 at a time (32 x 16 tokens).
     max_batch_tokens: int = 512
     max_queue: int = 256
     request_timeout_ms: float = 1000.0
