@@ -28,6 +28,8 @@ from server.runner import ModelDirError, OnnxRunner  # noqa: E402
 
 log = logging.getLogger("server")
 
+DRAIN_LINGER_S = 0.5
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; access-log lines are already JSON and are merged in."""
@@ -70,9 +72,13 @@ async def serve(config: ServerConfig, app: web.Application) -> None:
     begin_drain(app)
     log.info("draining: readiness 503, new requests refused")
     drained = await wait_drained(app, config.drain_timeout_s)
-    left = max(0.1, config.drain_timeout_s - (time.monotonic() - started))
     if not drained:
         log.warning("drain timeout: some accepted requests were not answered")
+    # Linger briefly before closing connections: a request already on its way over a
+    # kept-alive connection still gets an answer (503 + Connection: close), not a reset.
+    linger = min(DRAIN_LINGER_S, max(0.0, config.drain_timeout_s - (time.monotonic() - started) - 0.1))
+    await asyncio.sleep(linger)
+    left = max(0.1, config.drain_timeout_s - (time.monotonic() - started))
     try:
         await asyncio.wait_for(runner.cleanup(), timeout=left)
     except asyncio.TimeoutError:

@@ -151,6 +151,10 @@ async def observe_middleware(request: web.Request, handler) -> web.StreamRespons
         if runner is not None:
             response.headers["X-Model-Name"] = str(runner.info["model_name"])
             response.headers["X-Model-Version"] = str(runner.info["model_version"])
+        if request.app[STATE].draining:
+            # `Connection: close` while draining: a keep-alive client that reused the
+            # connection as the server shuts down would see its request reset unanswered.
+            response.force_close()
         return response
     finally:
         elapsed = time.perf_counter() - start

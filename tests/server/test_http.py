@@ -167,7 +167,10 @@ async def test_drain_refuses_new_and_answers_accepted(serve_fake, fake_runner):
     assert not await wait_drained(client.app, 0.05)
     fake_runner.gate.set()
     assert await wait_drained(client.app, 5)
-    assert (await accepted).status == 200
+    answered = await accepted
+    assert answered.status == 200
+    # answered while draining: the client is told not to reuse the connection
+    assert answered.headers.get("Connection", "").lower() == "close"
     assert client.app[STATE].inflight == 0
 
 
