@@ -155,14 +155,23 @@ def client():
         except (ConnectionRefusedError, urllib.error.URLError) as e:
             reason = getattr(e, "reason", e)
             # Refused: the listener is closed after the drain, nothing was accepted.
-            outcome = "refused" if isinstance(reason, ConnectionRefusedError) else f"lost: {reason!r}"
+            outcome = "refused" if isinstance(reason, ConnectionRefusedError) else f"error: {reason!r}"
         except Exception as e:  # reset or closed mid-request: an accepted request was dropped
-            outcome = f"lost: {e!r}"
+            outcome = f"error: {e!r}"
         with lock:
             outcomes[outcome] += 1
         if outcome == "refused":
             return
 
+def served():
+    # What the server itself answered, from its access log: (200s, 503s) on /v1/predict.
+    log = subprocess.run([engine, "logs", name], capture_output=True, text=True).stdout + \
+        subprocess.run([engine, "logs", name], capture_output=True, text=True).stderr
+    lines = [json.loads(x) for x in log.splitlines() if x.startswith("{") and '"event":"access"' in x]
+    lines = [x for x in lines if x.get("path") == "/v1/predict"]
+    return sum(x["status"] == 200 for x in lines), sum(x["status"] == 503 for x in lines)
+
+before = served()
 threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
 for t in threads:
     t.start()
@@ -178,12 +187,21 @@ elapsed = time.monotonic() - t0
 stop.set()
 for t in threads:
     t.join(timeout=35)
+after = served()
+answered = (after[0] - before[0], after[1] - before[1])
+received = (outcomes["200"], sum(v for k, v in outcomes.items() if k.startswith("503 ")))
 print(f"  exit status {code} after {elapsed:.2f} s; responses: {dict(outcomes)}")
-lost = {k: v for k, v in outcomes.items() if k not in ("200", "503 shutting_down", "refused")}
+print(f"  server answered (200, 503): {answered}; clients received: {received}")
+# A connection still in the listen backlog when the listener closes is reset before the
+# server read its request: that is a refusal, not a loss, as long as every request the
+# server did read was answered and its answer arrived (the two counts agree).
+resets = {k for k in outcomes if any(e in k for e in ("ConnectionResetError", "RemoteDisconnected", "BrokenPipeError"))}
+lost = {k: v for k, v in outcomes.items()
+        if k not in ("200", "503 shutting_down", "refused") and not (k in resets and answered == received)}
 ok = code == "0" and elapsed <= drain_s and not lost
 sys.exit(0 if ok else 1)
 EOF
-"$ENGINE" logs "$NAME" 2>&1 | grep -q '"draining' || fail "no drain message in the container log"
+"$ENGINE" logs "$NAME" 2>&1 | grep '"draining' > /dev/null || fail "no drain message in the container log"
 "$ENGINE" rm "$NAME" > /dev/null 2>&1
 
 # The Kubernetes image: the model baked in, nothing mounted. Needs a model in artifacts/model
