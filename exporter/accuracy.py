@@ -1,8 +1,9 @@
 """`python -m exporter.accuracy`: accuracy of a checkpoint and its exported graphs on a whole split.
 
 The export gate compares PyTorch and ONNX on a few hundred validation reviews; this scores the
-full test split (25,000 reviews) once, for the results table. Every engine sees the same ids,
-made by the server's own preprocessing (`server.tokenization`), in length-sorted batches.
+full test split (25,000 reviews) once, for the results table. Every engine tokenizes with the
+server's own preprocessing (`server.tokenization`) and runs length-sorted batches: PyTorch via
+`trainer.evaluate.predict`, each ONNX model directory via `server.batch_predict.score_texts`.
 
     python -m exporter.accuracy --checkpoint artifacts/checkpoint \
         --model-dir artifacts/model --model-dir artifacts/model-fp32 --data-dir data/imdb
@@ -17,37 +18,23 @@ from pathlib import Path
 
 import numpy as np
 
+from server.batch_predict import score_texts
 from server.runner import OnnxRunner
-from server.tokenization import TextEncoder, TruncationConfig, pad_batch
+from server.tokenization import TextEncoder, TruncationConfig
 
 
-def _batches(seqs: list[np.ndarray], batch_size: int):
-    order = np.argsort([len(s) for s in seqs], kind="stable")
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        yield idx, [seqs[i] for i in idx]
-
-
-def torch_probs(checkpoint: Path, seqs: list[np.ndarray], pad_id: int, batch_size: int) -> np.ndarray:
+def torch_probs(checkpoint: Path, texts: list[str], batch_size: int) -> np.ndarray:
+    """PyTorch fp32 on the CPU, fed the ids the server would make (the checkpoint's truncation)."""
     import torch
+    import yaml
     from transformers import AutoModelForSequenceClassification
 
+    from trainer.evaluate import predict
+
+    cfg = yaml.safe_load((checkpoint / "training_config.yaml").read_text())
+    encoder = TextEncoder.from_file(checkpoint / "tokenizer.json", TruncationConfig.from_dict(cfg))
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).float().eval()
-    probs = np.empty((len(seqs), 2), dtype=np.float32)
-    with torch.inference_mode():
-        for idx, batch in _batches(seqs, batch_size):
-            ids, mask = pad_batch(batch, pad_id)
-            logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
-            probs[idx] = torch.softmax(logits.float(), -1).numpy()
-    return probs
-
-
-def onnx_probs(model_dir: Path, seqs: list[np.ndarray], batch_size: int) -> np.ndarray:
-    runner = OnnxRunner(model_dir)
-    probs = np.empty((len(seqs), 2), dtype=np.float32)
-    for idx, batch in _batches(seqs, batch_size):
-        probs[idx] = runner.predict(batch)
-    return probs
+    return predict(model, encoder.encode_batch(texts), encoder.pad_id, torch.device("cpu"), batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import pandas as pd
-    from server.tokenization import read_serving_config
 
-    source = args.model_dir[0] if args.model_dir else args.checkpoint
-    if source is None:
+    if args.checkpoint is None and not args.model_dir:
         print("error: give --checkpoint and/or --model-dir", file=sys.stderr)
         return 2
     path = args.data_dir / f"{args.split}.parquet"
@@ -76,22 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_samples:
         frame = frame.sample(n=min(args.max_samples, len(frame)), random_state=0)
     labels = frame["label"].to_numpy()
-
-    if args.model_dir:
-        truncation = TruncationConfig.from_dict(read_serving_config(args.model_dir[0])["truncation"])
-        encoder = TextEncoder.from_file(args.model_dir[0] / "tokenizer.json", truncation)
-    else:
-        import yaml
-
-        cfg = yaml.safe_load((args.checkpoint / "training_config.yaml").read_text())
-        encoder = TextEncoder.from_file(args.checkpoint / "tokenizer.json", TruncationConfig.from_dict(cfg))
-    seqs = encoder.encode_batch(frame["text"].tolist())
+    texts = frame["text"].tolist()
 
     rows: list[dict] = []
     reference: np.ndarray | None = None
-    engines = ([("pytorch fp32", lambda: torch_probs(args.checkpoint, seqs, encoder.pad_id, args.batch_size))]
-               if args.checkpoint else [])
-    engines += [(f"onnx {d}", (lambda d=d: onnx_probs(d, seqs, args.batch_size))) for d in args.model_dir]
+    engines = [("pytorch fp32", lambda: torch_probs(args.checkpoint, texts, args.batch_size))] if args.checkpoint else []
+    engines += [(f"onnx {d}", (lambda d=d: score_texts(OnnxRunner(d), texts, args.batch_size)))
+                for d in args.model_dir]
     for name, score in engines:
         start = time.perf_counter()
         probs = score()

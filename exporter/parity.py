@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from server.runner import softmax
 from server.tokenization import TextEncoder, pad_batch
 
 DEFAULT_DATA_DIR = Path("data/imdb")
@@ -102,23 +103,17 @@ def _random_text(n: int, seed: int, vocab: list[str]) -> EvalSet:
     return EvalSet(texts, None, "random text (no --eval-data and no data/imdb)")
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def torch_probs(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
         logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
-    return _softmax(logits.float().numpy())
+    return softmax(logits.float().numpy())
 
 
 def onnx_probs(session, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     logits = session.run(None, onnx_feed(session, ids, mask))[0]
-    return _softmax(np.asarray(logits, dtype=np.float32))
+    return softmax(np.asarray(logits, dtype=np.float32))
 
 
 def parity_report(model, session, encoder: TextEncoder, eval_set: EvalSet) -> dict:

@@ -6,12 +6,12 @@ must FAIL the 200 ms p95 gate (exit 1). Bad flags and an unreachable host exit 2
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 
 from loadtest_standin import SEEN, create_app
 
 from loadtest.__main__ import main
+from loadtest.procs import free_port
 
 LOCUST_ARGS = ["--", "--think-min-s", "0.05", "--think-max-s", "0.1", "--multi-fraction", "0.3", "--review-pool", "50"]
 
@@ -66,10 +66,6 @@ async def test_generous_sla_passes_the_slow_server(aiohttp_server, tmp_path):
     assert code == 0 and out.strip().splitlines()[-1].startswith("PASS"), out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_host_exits_2_with_one_line(tmp_path, capsys):

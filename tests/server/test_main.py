@@ -14,18 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from loadtest.procs import free_port
 from server.batch_predict import main as batch_main
 from server.runner import OnnxRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_module(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

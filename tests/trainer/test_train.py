@@ -2,7 +2,6 @@
 whole runs through the CLI (loss falls, outputs, reload, resume after a crash)."""
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
