@@ -3,11 +3,14 @@
     python -m loadtest.bench --model-dir artifacts/model --checkpoint artifacts/checkpoint \
         [--duration-s 20] [--max-steps 6] [--texts 1000] [--quick] [--output-dir docs]
 
-1. ceiling: the server's own OnnxRunner (TextEncoder + ONNX Runtime, same thread settings)
-   in a tight loop over length-sorted batches (sizes 1, 4, 8 and --max-batch-size; the best
-   counts); no HTTP, no queue;
+1. ceiling: the server's own OnnxRunner (TextEncoder + ONNX Runtime) in a tight loop over
+   length-sorted batches, for every thread layout (1 stream x all cores, one stream per core
+   x 1 thread, and the server's) and batch size (1, 4, 8, --max-batch-size); the best counts;
+   no HTTP, no queue;
 2. `python -m server` with dynamic batching: the highest open-loop (Poisson) request rate
    with p95 <= --sla-p95-ms and errors <= --max-error-rate, then p50/p95/p99 at 50% and 80%;
+2b. the same server with one inference worker using every core (the layout before
+   inference workers existed), same search;
 3. the same server with --max-batch-size 1 (batching off), same search;
 4. loadtest.torch_baseline: PyTorch eager, one request at a time, same search.
 Each request carries one review, so requests/s = texts/s. Servers run as subprocesses on
@@ -26,11 +29,14 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import itertools  # noqa: E402
+import json  # noqa: E402
 import random  # noqa: E402
 import shlex  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
+import urllib.request  # noqa: E402
 from dataclasses import asdict, dataclass, fields  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -49,8 +55,9 @@ _HELP = {
     "texts": "reviews loaded and sent, the same for every configuration",
     "data_dir": "directory with test.parquet; generated look-alike reviews when absent",
     "max_batch_size": "server --max-batch-size for configuration 2 (0: the server's default)",
-    "intra_op_threads": "ONNX Runtime intra-op threads for 1-3 (0: the server's default, physical cores)",
-    "torch_threads": "torch threads for the baseline (0: the same as ONNX Runtime's)",
+    "inference_workers": "server --inference-workers for 2 and 3 (0: the server's default, physical cores)",
+    "intra_op_threads": "server --intra-op-threads for 2 and 3 (0: the server's default, physical cores / workers)",
+    "torch_threads": "torch threads for the baseline (0: physical cores, torch's default)",
     "torch_device": "torch device for the baseline: cpu or cuda",
     "duration_s": "seconds per open-loop step (longer at low rates: each step sends >= 40 requests)",
     "max_steps": "open-loop steps per configuration's rate search",
@@ -66,11 +73,12 @@ _HELP = {
     "server_cpus": "pin served processes (and the ceiling) to these CPUs, e.g. 0 or 0-1 (default: no pinning)",
     "client_cpus": "pin the load generator to these CPUs (default: no pinning)",
     "server_args": "extra flags for python -m server, one quoted string",
-    "skip": "comma list of configurations to leave out: batch1, torch",
+    "skip": "comma list of configurations to leave out: single_worker, batch1, torch",
     "output_dir": "where BENCHMARKS.md and benchmarks.json go",
     "log_dir": "where the served processes' logs go",
     "seed": "seed for review order and arrival times",
 }
+SKIPPABLE = ("single_worker", "batch1", "torch")
 QUICK = {"texts": 96, "duration_s": 4.0, "max_steps": 3, "probe_s": 2.0, "ceiling_s": 2.0, "quiet_wait_s": 5.0}
 
 
@@ -81,6 +89,7 @@ class BenchConfig:
     texts: int = 1000
     data_dir: str = DEFAULT_DATA_DIR
     max_batch_size: int = 0  # 0: the server's own default (server.config.ServerConfig)
+    inference_workers: int = 0
     intra_op_threads: int = 0
     torch_threads: int = 0
     torch_device: str = "cpu"
@@ -111,6 +120,8 @@ class BenchConfig:
             object.__setattr__(self, "max_batch_size", ServerConfig.max_batch_size)
         if self.retries < 0 or self.max_other_cpu < 0 or self.quiet_wait_s < 0:
             raise ValueError("--retries, --max-other-cpu and --quiet-wait-s must be >= 0")
+        if self.inference_workers < 0 or self.intra_op_threads < 0 or self.torch_threads < 0:
+            raise ValueError("--inference-workers, --intra-op-threads and --torch-threads must be >= 0")
         for name in ("texts", "max_batch_size", "max_steps", "probe_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -119,9 +130,9 @@ class BenchConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.max_error_rate <= 1:
             raise ValueError(f"--max-error-rate must be within [0, 1], got {self.max_error_rate}")
-        unknown = set(self.skipped) - {"batch1", "torch"}
+        unknown = set(self.skipped) - set(SKIPPABLE)
         if unknown:
-            raise ValueError(f"--skip takes batch1 and/or torch, got {', '.join(sorted(unknown))}")
+            raise ValueError(f"--skip takes {', '.join(SKIPPABLE)}, got {', '.join(sorted(unknown))}")
         parse_cpus(self.server_cpus), parse_cpus(self.client_cpus)  # raise early on a bad list
 
     @property
@@ -133,51 +144,84 @@ def ceiling_batch_sizes(max_batch_size: int) -> list[int]:
     return sorted({1, 4, 8, max_batch_size} & set(range(1, max_batch_size + 1)))
 
 
-def measure_ceiling(config: BenchConfig, texts: list[str]) -> dict:
-    """Texts/s of tokenize + pad + ONNX Runtime alone, per batch size; the ceiling is the best.
+def ceiling_layouts(cores: int, server_layout: tuple[int, int]) -> list[tuple[int, int]]:
+    """(streams, threads per stream): one run using every core, one run per core, the server's."""
+    return sorted({(1, cores), (cores, 1), server_layout}, key=lambda layout: (layout[0], -layout[1]))
 
-    Batches are length-sorted (as the server groups similar lengths), then taken in a
-    shuffled order until the time is up, so a time-bounded run is not biased to short texts.
-    Several sizes, not only --max-batch-size: on a small CPU a bigger batch is not always
-    faster per text, and the ceiling must be the best the runtime can do.
+
+def measure_ceiling(config: BenchConfig, texts: list[str], server_layout: tuple[int, int]) -> dict:
+    """Texts/s of tokenize + pad + ONNX Runtime alone, per thread layout and batch size; the
+    ceiling is the best of them all.
+
+    A layout is `streams` threads, each running whole batches on one shared session with
+    `threads` intra-op threads (as the server's inference workers do). Batches are
+    length-sorted (as the server groups similar lengths), then taken in a shuffled order
+    until the time is up, so a time-bounded run is not biased to short texts. Several
+    layouts and sizes, not only the server's: the ceiling must be the best the runtime can
+    do on this machine, whatever the server chose.
     """
-    from server.runner import OnnxRunner
+    from server.runner import OnnxRunner, physical_cores
 
     cpus = parse_cpus(config.server_cpus)
     if cpus:
         os.sched_setaffinity(0, cpus)  # before the session: its threads inherit this set
-    runner = OnnxRunner(config.model_dir, intra_op_threads=config.intra_op_threads)
-    runner.warmup()
-    order = sorted(range(len(texts)), key=lambda i: len(runner.encode([texts[i]])[0]))
-    seconds = config.ceiling_s  # per batch size
-    by_size = {}
-    for size in ceiling_batch_sizes(config.max_batch_size):
-        asyncio.run(wait_for_quiet(config.max_other_cpu, config.quiet_wait_s))
-        batches = [[texts[i] for i in order[k:k + size]] for k in range(0, len(order), size)]
-        random.Random(config.seed).shuffle(batches)
-        done = tokens = padded = 0
-        start = time.perf_counter()
-        for batch in itertools.cycle(batches):
-            seqs = runner.encode(batch)
-            runner.predict(seqs)
-            done += len(batch)
-            tokens += sum(len(x) for x in seqs)
-            padded += len(seqs) * max(len(x) for x in seqs)
-            if time.perf_counter() - start >= seconds:
-                break
-        elapsed = time.perf_counter() - start
-        by_size[size] = {"texts_per_s": done / elapsed, "texts": done, "seconds": elapsed,
-                         "mean_tokens": tokens / done, "padding_ratio": 1 - tokens / padded}
-        print(f"[ceiling] batch {size}: {done / elapsed:.1f} texts/s", flush=True)
-    best = max(by_size, key=lambda k: by_size[k]["texts_per_s"])
-    info = runner.info
-    del runner
+    order = None
+    results, info = [], {}
+    for streams, threads in ceiling_layouts(physical_cores(), server_layout):
+        runner = OnnxRunner(config.model_dir, intra_op_threads=threads)
+        runner.warmup()
+        info = runner.info if (streams, threads) == server_layout or not info else info
+        if order is None:
+            order = sorted(range(len(texts)), key=lambda i: len(runner.encode([texts[i]])[0]))
+        for size in ceiling_batch_sizes(config.max_batch_size):
+            asyncio.run(wait_for_quiet(config.max_other_cpu, config.quiet_wait_s))
+            batches = [[texts[i] for i in order[k:k + size]] for k in range(0, len(order), size)]
+            random.Random(config.seed).shuffle(batches)
+            entry = _tight_loop(runner, batches, streams, config.ceiling_s)
+            entry.update(streams=streams, threads=threads, batch_size=size)
+            results.append(entry)
+            print(f"[ceiling] {streams} stream(s) x {threads} thread(s), batch {size}: "
+                  f"{entry['texts_per_s']:.1f} texts/s", flush=True)
+        del runner
     if parse_cpus(config.client_cpus):
         os.sched_setaffinity(0, parse_cpus(config.client_cpus))
     elif cpus:
         os.sched_setaffinity(0, range(os.cpu_count() or 1))
-    return {"texts_per_s": by_size[best]["texts_per_s"], "best_batch_size": best,
-            "mean_tokens": by_size[best]["mean_tokens"], "by_batch_size": by_size, "runner": info}
+    best = max(results, key=lambda e: e["texts_per_s"])
+    own = [e for e in results if (e["streams"], e["threads"]) == server_layout]
+    return {"texts_per_s": best["texts_per_s"], "best_batch_size": best["batch_size"],
+            "best_layout": {"streams": best["streams"], "threads": best["threads"]},
+            "server_layout_texts_per_s": max(e["texts_per_s"] for e in own),
+            "mean_tokens": best["mean_tokens"], "measurements": results, "runner": info}
+
+
+def _tight_loop(runner, batches: list[list[str]], streams: int, seconds: float) -> dict:
+    """`streams` threads take batches from one shared cycle until `seconds` have passed."""
+    lock = threading.Lock()
+    cycle = itertools.cycle(batches)
+    totals = {"texts": 0, "tokens": 0, "padded": 0}
+    start = time.perf_counter()
+
+    def stream() -> None:
+        while time.perf_counter() - start < seconds:
+            with lock:
+                batch = next(cycle)
+            seqs = runner.encode(batch)
+            runner.predict(seqs)
+            with lock:
+                totals["texts"] += len(batch)
+                totals["tokens"] += sum(len(x) for x in seqs)
+                totals["padded"] += len(seqs) * max(len(x) for x in seqs)
+
+    workers = [threading.Thread(target=stream, name=f"ceiling-{k}") for k in range(streams)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - start
+    done = totals["texts"]
+    return {"texts_per_s": done / elapsed, "texts": done, "seconds": elapsed,
+            "mean_tokens": totals["tokens"] / done, "padding_ratio": 1 - totals["tokens"] / totals["padded"]}
 
 
 async def search(name: str, proc: ServedProcess, bodies: list[bytes], config: BenchConfig,
@@ -234,30 +278,48 @@ def _describe(step) -> str:
             f"{step.client_cpu_cores:.2f}, other processes {other}")
 
 
+def _model_info(url: str) -> dict:
+    """The served model and settings as the server reports them (GET /v1/model)."""
+    with urllib.request.urlopen(url + "/v1/model", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
 def run(config: BenchConfig, argv: list[str]) -> int:
     texts, source = load_texts(config.texts, config.data_dir, seed=config.seed)
     bodies = payloads(texts)
     info = machine_info()
     print(f"bench: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
           f"{info['logical_cpus']} CPUs", flush=True)
-    ceiling = measure_ceiling(config, texts)
-    threads = ceiling["runner"]["intra_op_threads"]
-    print(f"[ceiling] {ceiling['texts_per_s']:.1f} texts/s (best: batch {ceiling['best_batch_size']}, "
-          f"{threads} intra-op threads)", flush=True)
+    from server.runner import physical_cores, thread_layout
+
+    cores = physical_cores()
+    workers, threads = thread_layout(config.inference_workers, config.intra_op_threads)
+    ceiling = measure_ceiling(config, texts, (workers, threads))
+    best = ceiling["best_layout"]
+    print(f"[ceiling] {ceiling['texts_per_s']:.1f} texts/s (best: {best['streams']} stream(s) x "
+          f"{best['threads']} thread(s), batch {ceiling['best_batch_size']})", flush=True)
+    # Explicit layouts, so each served command line says exactly what ran.
     server_cmd = [sys.executable, "-m", "server", "--model-dir", str(config.model_dir), "--host", "127.0.0.1",
-                  "--intra-op-threads", str(threads), *shlex.split(config.server_args)]
-    targets = [("server", server_cmd + ["--max-batch-size", str(config.max_batch_size)], (0.5, 0.8))]
+                  *shlex.split(config.server_args)]
+    layout = ["--inference-workers", str(workers), "--intra-op-threads", str(threads)]
+    targets = [("server", server_cmd + layout + ["--max-batch-size", str(config.max_batch_size)], (0.5, 0.8))]
+    if "single_worker" not in config.skipped and (workers, threads) != (1, cores):
+        targets.append(("server_single_worker", server_cmd + ["--inference-workers", "1", "--intra-op-threads",
+                                                              str(cores), "--max-batch-size",
+                                                              str(config.max_batch_size)], ()))
     if "batch1" not in config.skipped:
-        targets.append(("server_batch1", server_cmd + ["--max-batch-size", "1"], ()))
+        targets.append(("server_batch1", server_cmd + layout + ["--max-batch-size", "1"], ()))
     if "torch" not in config.skipped:
         targets.append(("torch_baseline", [sys.executable, "-m", "loadtest.torch_baseline", "--checkpoint",
                                            str(config.checkpoint), "--host", "127.0.0.1", "--threads",
-                                           str(config.torch_threads or threads), "--device", config.torch_device], ()))
+                                           str(config.torch_threads or cores), "--device", config.torch_device], ()))
     results = {}
     config.log_dir.mkdir(parents=True, exist_ok=True)
     for name, cmd, fractions in targets:
         with ServedProcess(cmd, config.log_dir / f"{name}.log", parse_cpus(config.server_cpus)) as proc:
+            served = _model_info(proc.url) if name.startswith("server") else {}
             results[name] = {"command": shlex.join(cmd[1:] + ["--port", str(proc.port)]), "ready": proc.ready_body,
+                             "model_info": served,
                              **asyncio.run(search(name, proc, bodies, config, fractions))}
     info["load_average_end"] = os.getloadavg()
     from server.config import ServerConfig

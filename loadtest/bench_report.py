@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 TARGETS = {"capacity_vs_ceiling": 0.85, "vs_torch": 4.0}
+SERVED = ("server", "server_single_worker", "server_batch1", "torch_baseline")
 
 
 def machine_info() -> dict:
@@ -70,6 +71,9 @@ def summarize(results: dict) -> dict:
     ceiling = results["ceiling"]["texts_per_s"]
     server = results["server"]["capacity_rps"]
     out = {"capacity_vs_ceiling": server / ceiling if ceiling else None}
+    if results.get("server_single_worker"):
+        one = results["server_single_worker"]["capacity_rps"]
+        out["vs_single_worker"] = server / one if one else None
     if "server_batch1" in results:
         b1 = results["server_batch1"]["capacity_rps"]
         out["vs_batch1"] = server / b1 if b1 else None
@@ -110,7 +114,7 @@ def _row(label: str, entry: dict) -> str:
 
 
 def render_markdown(r: dict) -> str:
-    r = {**r, "_discarded": sum(st.get("discarded", False) for name in ("server", "server_batch1", "torch_baseline")
+    r = {**r, "_discarded": sum(st.get("discarded", False) for name in SERVED
                                 if name in r for st in r[name]["steps"])}
     m, c, s, cfg = r["machine"], r["ceiling"], r["summary"], r["config"]
     sd = r.get("server_defaults")  # the server's settings other than those the benchmark passes
@@ -146,17 +150,28 @@ def render_markdown(r: dict) -> str:
         "",
         "| configuration | capacity (req/s) | closed-loop (req/s) | p50 ms | p95 ms | p99 ms | errors | server CPU | generator CPU | other CPU |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| 1. ceiling: ONNX Runtime alone, best batch size ({c['best_batch_size']}) | {_f(c['texts_per_s'])} (texts/s) "
-        "| | | | | | | | |",
-        _row(f"2. server, dynamic batching (max batch {cfg['max_batch_size']} texts"
+        f"| 1. ceiling: ONNX Runtime alone, best layout ({_layout(c.get('best_layout'))}) and batch size "
+        f"({c['best_batch_size']}) | {_f(c['texts_per_s'])} (texts/s) | | | | | | | | |",
+        _row(f"2. server, dynamic batching ({_workers(r['server'])}, max batch {cfg['max_batch_size']} texts"
              + (f" / {sd['max_batch_tokens']} tokens, wait <= {sd['max_wait_ms']:g} ms" if sd else "") + ")", r["server"]),
     ]
+    if "server_single_worker" in r:
+        lines.append(_row(f"2b. server, dynamic batching, {_workers(r['server_single_worker'])}",
+                          r["server_single_worker"]))
     if "server_batch1" in r:
         lines.append(_row("3. server, --max-batch-size 1", r["server_batch1"]))
     if "torch_baseline" in r:
         lines.append(_row("4. PyTorch eager, one request at a time", r["torch_baseline"]))
-    sizes = ", ".join(f"{k}: {v['texts_per_s']:.1f}" for k, v in c["by_batch_size"].items())
-    lines += ["", f"Ceiling by batch size (texts/s, tokenization included, length-sorted batches): {sizes}."]
+    lines += ["", "Ceiling by thread layout and batch size (texts/s, tokenization included, length-sorted "
+              "batches; a stream is a thread running whole batches on the shared session, as an inference "
+              "worker does):", ""]
+    measured = c.get("measurements", [])
+    sizes = sorted({e["batch_size"] for e in measured})
+    lines += ["| streams x threads | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+              "| --- |" + " --- |" * len(sizes)]
+    for layout in sorted({(e["streams"], e["threads"]) for e in measured}):
+        cells = {e["batch_size"]: e["texts_per_s"] for e in measured if (e["streams"], e["threads"]) == layout}
+        lines.append(f"| {layout[0]} x {layout[1]} | " + " | ".join(_f(cells.get(b)) for b in sizes) + " |")
     lines += ["", f"Server (2) below its capacity of {_f(r['server']['capacity_rps'])} req/s:", "",
               "| load | rate (req/s) | p50 ms | p95 ms | p99 ms | errors | generator send lag p99 ms | other CPU |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -172,6 +187,8 @@ def render_markdown(r: dict) -> str:
         "| --- | --- | --- | --- |",
         _ratio("2 / 1: server capacity / ceiling", s.get("capacity_vs_ceiling"), TARGETS["capacity_vs_ceiling"], pct=True),
     ]
+    if "vs_single_worker" in s:
+        lines.append(_ratio("2 / 2b: inference workers / one worker on every core", s["vs_single_worker"], None))
     if "vs_batch1" in s:
         lines.append(_ratio("2 / 3: dynamic batching / batch size 1", s["vs_batch1"], None))
     if "vs_torch" in s:
@@ -180,7 +197,7 @@ def render_markdown(r: dict) -> str:
     lines.append(f"| p95 at 80% of capacity | {_f(p95, '.0f', ' ms')} | <= {cfg['sla_p95_ms']:g} ms | "
                  f"{'n/a' if p95 is None else ('yes' if p95 <= cfg['sla_p95_ms'] else 'no')} |")
     torch_info = r.get("torch_baseline", {}).get("ready", {})
-    client = [st["client_cpu_cores"] for name in ("server", "server_batch1", "torch_baseline") if name in r
+    client = [st["client_cpu_cores"] for name in SERVED if name in r
               for st in [*r[name]["steps"], *r[name]["at_fraction"].values()]]
     client_max = max(client) if client else None
     lines += [
@@ -189,9 +206,9 @@ def render_markdown(r: dict) -> str:
         "",
         f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['physical_cores']} physical cores, "
         f"{m['memory_gib']} GiB" + (f"; GPU: {m['gpu']}" if m.get("gpu") else ""),
-        f"- ONNX Runtime {m['onnxruntime']} ({', '.join(runner.get('providers', []))}), "
-        f"intra-op threads {runner.get('intra_op_threads')}, inter-op threads {runner.get('inter_op_threads')}, "
-        f"for the ceiling and both server runs; numpy {m['numpy']}, Python {m['python']}, {m['platform']}",
+        f"- ONNX Runtime {m['onnxruntime']} ({', '.join(runner.get('providers', []))}); server (2, 3): "
+        f"{_workers(r['server'])}, inter-op threads {runner.get('inter_op_threads')}, spinning off; "
+        f"numpy {m['numpy']}, Python {m['python']}, {m['platform']}",
         f"- PyTorch baseline: torch {torch_info.get('torch', 'n/a')}, {torch_info.get('threads', 'n/a')} threads, "
         f"device {torch_info.get('device', 'n/a')}",
         f"- Load generator: this process (asyncio + aiohttp, one connection pool), on the same machine as the "
@@ -210,10 +227,23 @@ def render_markdown(r: dict) -> str:
         "Served processes:",
         "",
     ]
-    for name in ("server", "server_batch1", "torch_baseline"):
+    for name in SERVED:
         if name in r:
             lines.append(f"- {name}: `python {r[name]['command']}`")
     return "\n".join(lines) + "\n"
+
+
+def _layout(layout) -> str:
+    return "n/a" if not layout else f"{layout['streams']} stream(s) x {layout['threads']} thread(s)"
+
+
+def _workers(entry: dict) -> str:
+    """'2 inference workers x 1 thread', as the server reported them (GET /v1/model)."""
+    info = entry.get("model_info") or {}
+    workers, threads = info.get("batching", {}).get("inference_workers"), info.get("intra_op_threads")
+    if workers is None or threads is None:
+        return "layout n/a"
+    return f"{workers} inference worker{'s' if workers != 1 else ''} x {threads} thread{'s' if threads != 1 else ''}"
 
 
 def _ratio(label: str, value, target, pct: bool = False) -> str:

@@ -22,9 +22,9 @@ from typing import Sequence  # noqa: E402
 import orjson  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from server.app import begin_drain, create_app, wait_drained  # noqa: E402
+from server.app import begin_drain, create_app, load_runner, wait_drained  # noqa: E402
 from server.config import ServerConfig, parse_config  # noqa: E402
-from server.runner import ModelDirError, OnnxRunner  # noqa: E402
+from server.runner import ModelDirError  # noqa: E402
 
 log = logging.getLogger("server")
 
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     setup_logging(config.log_level)
     try:
-        runner = OnnxRunner(config.model_dir, config.intra_op_threads, config.inter_op_threads, config.truncate)
+        runner = load_runner(config)
     except ModelDirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from server.config import ServerConfig
 from server.errors import error_middleware
 from server.metrics import Metrics
 from server.openapi import openapi_handler
-from server.runner import OnnxRunner, Runner
+from server.runner import OnnxRunner, Runner, thread_layout
 from server.state import BATCHER, CONFIG, METRICS, RUNNER, STATE, ServerState
 
 log = logging.getLogger("server.app")
@@ -39,13 +39,28 @@ def create_app(config: ServerConfig, runner: Runner | None = None, metrics: Metr
     return app
 
 
+def load_runner(config: ServerConfig) -> OnnxRunner:
+    """The model directory's runner, with the cores split among the inference workers."""
+    workers, intra = thread_layout(config.inference_workers, config.intra_op_threads)
+    return OnnxRunner(config.model_dir, intra, config.inter_op_threads, config.truncate,
+                      sessions=workers if intra > 1 else 1)
+
+
+def inference_workers(config: ServerConfig, runner: Runner) -> int:
+    """--inference-workers, or by default one per core on CPU and one on a GPU (its runs
+    share one CUDA stream, so more workers add no overlap: Triton's default too)."""
+    if config.inference_workers:
+        return config.inference_workers
+    if "CUDAExecutionProvider" in runner.info.get("providers", ()):
+        return 1
+    return thread_layout()[0]
+
+
 async def _model_ctx(app: web.Application):
     """Load (if not given) and warm up the model off the event loop; then ready."""
     config, loop = app[CONFIG], asyncio.get_running_loop()
     if RUNNER not in app:
-        app[RUNNER] = await loop.run_in_executor(
-            None, lambda: OnnxRunner(config.model_dir, config.intra_op_threads, config.inter_op_threads,
-                                     config.truncate))
+        app[RUNNER] = await loop.run_in_executor(None, lambda: load_runner(config))
     runner = app[RUNNER]
     await loop.run_in_executor(None, runner.warmup)
     app[METRICS].set_model_info(runner.info)
@@ -56,8 +71,10 @@ async def _model_ctx(app: web.Application):
 
 async def _batcher_ctx(app: web.Application):
     config, state = app[CONFIG], app[STATE]
-    limits = BatchLimits(config.max_batch_size, config.max_batch_tokens, config.max_wait_ms / 1000.0)
-    batcher = MicroBatcher(app[RUNNER].predict, limits, config.max_queue, app[METRICS])
+    limits = BatchLimits(config.max_batch_size, config.max_batch_tokens, config.max_wait_ms / 1000.0,
+                         config.max_padding_ratio)
+    batcher = MicroBatcher(app[RUNNER].predict, limits, config.max_queue, app[METRICS],
+                           workers=inference_workers(config, app[RUNNER]))
     app[BATCHER] = batcher
     # One tokenizer thread: the ONNX session already takes the cores (see runner.py);
     # tokenizing one request takes well under a millisecond.

@@ -1,11 +1,15 @@
 """Dynamic micro-batching: a bounded queue of tokenized texts, one loop forming batches,
-inference in one dedicated worker thread.
+inference in a fixed number of dedicated worker threads (model instances).
 
 Each queued text is an `Entry` with its own Future, token count and deadline. The loop
-waits for the first text, then dispatches when the batch is full (texts or padded
-tokens) or `max_wait` has passed since the oldest text arrived. While the worker thread
-runs a batch, the queue keeps filling, so under load the next batch is ready the moment
-the worker is free: batching costs latency only when the server is idle.
+waits for the first text, then, as soon as a worker is free, dispatches when the batch
+is full (texts or padded tokens) or `max_wait` has passed since the oldest text arrived.
+While every worker runs a batch, the queue keeps filling, so under load the next batch
+is ready the moment a worker is free: batching costs latency only when the server is idle.
+
+Several workers share one ONNX Runtime session (its `run` is thread-safe). On a CPU, two
+single-threaded runs side by side do more work per second than one run split across two
+threads, which waits at every parallel section for its slower half (docs/BENCHMARKS.md).
 
 The policy is two pure functions (`dispatch_delay`, `select_batch`) so it can be tested
 with numbers, without an event loop. The model code (`run_batch`) receives a list of id
@@ -50,6 +54,10 @@ class BatchLimits:
     max_batch_size: int = 32
     max_batch_tokens: int = 8192
     max_wait_s: float = 0.005
+    # Most padding a batch of several texts may carry (share of its padded tokens). On a CPU
+    # a padded token costs what a real one does, so a long and a short text are cheaper in
+    # two batches (run side by side by two workers) than padded into one. 1.0: no limit.
+    max_padding: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,8 +82,8 @@ def dispatch_delay(n_pending: int, longest: int, oldest_wait_s: float, worker_id
                    limits: BatchLimits) -> float | None:
     """Seconds until the next batch should start: 0 = now, None = wait for an event.
 
-    Nothing is dispatched while the worker is busy: the batch keeps growing for free
-    instead of queueing behind the running one in the executor.
+    Nothing is dispatched while every worker is busy: the batch keeps growing for free
+    instead of queueing behind the running ones in the executor.
     """
     if n_pending == 0 or not worker_idle:
         return None
@@ -91,11 +99,17 @@ def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
     The oldest text is always in it, so nothing starves. When everything pending fits,
     everything goes. Otherwise the batch is a run of similar lengths around the oldest
     text: as many texts as fit, then least padding (batches are padded to their longest).
+    "Fits": at most max_batch_size texts, max_batch_tokens padded tokens and a share of
+    padding of at most max_padding (a text alone always fits).
     """
     n = len(lengths)
     if n == 0:
         return []
-    if n <= limits.max_batch_size and n * max(lengths) <= limits.max_batch_tokens:
+
+    def fits(k: int, width: int, total: int) -> bool:
+        return k == 1 or (width * k <= limits.max_batch_tokens and total >= (1.0 - limits.max_padding) * width * k)
+
+    if n <= limits.max_batch_size and fits(n, max(lengths), sum(lengths)):
         return list(range(n))
     order = sorted(range(n), key=lambda i: (lengths[i], i))
     sorted_lengths = [lengths[i] for i in order]
@@ -107,10 +121,10 @@ def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
         best: tuple[int, int] | None = None
         for start in range(max(0, p - k + 1), min(p, n - k) + 1):
             end = start + k
-            width = sorted_lengths[end - 1]
-            if width * k > limits.max_batch_tokens and k > 1:
+            width, total = sorted_lengths[end - 1], prefix[end] - prefix[start]
+            if not fits(k, width, total):
                 continue
-            waste = width * k - (prefix[end] - prefix[start])
+            waste = width * k - total
             if best is None or waste < best[0]:
                 best = (waste, start)
         if best is not None:
@@ -119,20 +133,23 @@ def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
 
 
 class MicroBatcher:
-    """Owns the queue, the batching loop task and the inference worker thread."""
+    """Owns the queue, the batching loop task and the inference worker threads."""
 
     def __init__(self, run_batch: RunBatch, limits: BatchLimits, max_queue: int,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self._run_batch = run_batch
         self.limits = limits
         self.max_queue = max_queue
         self._metrics = metrics
         self._pending: list[Entry] = []
         self._wake = asyncio.Event()
-        self._worker_idle = True
-        self._current: asyncio.Task | None = None
+        self.workers = workers
+        self._busy = 0  # workers running a batch
+        self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._stopping = False
 
     @property
@@ -157,13 +174,13 @@ class MicroBatcher:
         return [e.future for e in entries]
 
     async def stop(self) -> None:
-        """Finish the running batch, fail what is still queued, stop the worker thread."""
+        """Finish the running batches, fail what is still queued, stop the worker threads."""
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._current is not None:
-            await asyncio.gather(self._current, return_exceptions=True)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         for entry in self._pending:
             if not entry.future.done():
                 entry.future.set_exception(ShuttingDown("server shut down before this text was run"))
@@ -197,11 +214,11 @@ class MicroBatcher:
             delay = None
             if self._pending:
                 delay = dispatch_delay(len(self._pending), max(e.tokens for e in self._pending),
-                                       now - self._pending[0].arrival, self._worker_idle, self.limits)
+                                       now - self._pending[0].arrival, self._busy < self.workers, self.limits)
             if delay == 0.0:
                 self._dispatch(now)
                 continue
-            # Wake for: a new text, the worker finishing, the wait running out, or a deadline.
+            # Wake for: a new text, a worker finishing, the wait running out, or a deadline.
             timeout = delay
             if self._pending:
                 first_deadline = min(e.deadline for e in self._pending) - now
@@ -232,20 +249,21 @@ class MicroBatcher:
         batch = [e for i, e in enumerate(self._pending) if i in chosen]
         self._pending = [e for i, e in enumerate(self._pending) if i not in chosen]
         self._set_depth()
-        self._worker_idle = False
-        self._current = asyncio.get_running_loop().create_task(self._execute(batch, now))
+        self._busy += 1
+        task = asyncio.get_running_loop().create_task(self._execute(batch, now))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _execute(self, batch: list[Entry], started: float) -> None:
         loop = asyncio.get_running_loop()
-        width = max(e.tokens for e in batch)
-        if self._metrics:
-            m = self._metrics
-            for entry in batch:
-                m.queue_wait.observe(started - entry.arrival)
-            m.batch_size.observe(len(batch))
-            m.batch_tokens.observe(width * len(batch))
-            m.padding_ratio.observe(1.0 - sum(e.tokens for e in batch) / (width * len(batch)))
-        try:
+        try:  # everything inside: a worker slot and its texts' futures must never be lost
+            if self._metrics:
+                m, width = self._metrics, max(e.tokens for e in batch)
+                for entry in batch:
+                    m.queue_wait.observe(started - entry.arrival)
+                m.batch_size.observe(len(batch))
+                m.batch_tokens.observe(width * len(batch))
+                m.padding_ratio.observe(1.0 - sum(e.tokens for e in batch) / (width * len(batch)))
             probs, seconds = await loop.run_in_executor(self._executor, _timed, self._run_batch,
                                                         [e.ids for e in batch])
             if len(probs) != len(batch):
@@ -264,7 +282,7 @@ class MicroBatcher:
                 if not entry.future.done():
                     entry.future.set_result(BatchResult(row, len(batch)))
         finally:
-            self._worker_idle = True
+            self._busy -= 1
             self._wake.set()
 
     def _set_depth(self) -> None:

@@ -21,13 +21,15 @@ _HELP = {
     "max_batch_size": "most texts in one inference batch",
     "max_wait_ms": "longest a batch waits for more texts after its first text arrived",
     "max_batch_tokens": "most padded tokens (texts x longest text) in one inference batch",
+    "max_padding_ratio": "most padding a batch of several texts may carry, as a share of its padded tokens (1 = no limit)",
     "max_queue": "most texts waiting for inference; beyond it requests get 503 at once",
     "request_timeout_ms": "deadline per request; texts still queued after it get 504 without inference",
     "max_text_chars": "longest accepted text in characters (422 beyond)",
     "max_texts_per_request": "most texts in one {\"texts\": [...]} request (422 beyond)",
     "max_body_bytes": "largest accepted request body (413 beyond)",
     "truncate": "truncate texts longer than the model's max_length (--no-truncate: 422 instead)",
-    "intra_op_threads": "ONNX Runtime intra-op threads; 0 = physical cores of this machine",
+    "inference_workers": "inference threads, each running one batch at a time; 0 = physical cores (1 on a GPU)",
+    "intra_op_threads": "ONNX Runtime threads per batch; 0 = physical cores / inference workers (at least 1)",
     "inter_op_threads": "ONNX Runtime inter-op threads (graph is sequential: 1 is enough)",
     "drain_timeout_s": "on SIGTERM/SIGINT, longest wait for accepted requests before exiting",
     "log_level": "log level: " + ", ".join(LOG_LEVELS),
@@ -44,12 +46,15 @@ class ServerConfig:
     # buys no throughput; under load the queue fills the next batch while one runs anyway.
     max_wait_ms: float = 2.0
     # Bounds a batch's compute time, which on CPU is what the SLA is about. Measured with
-    # the int8 MiniLM: ~8k tokens per core-second whatever the batch size (batching saves
-    # per-run overhead, not per-token work), so 512 tokens is ~35 ms on 2 cores and a text
-    # waiting behind a running batch loses little. (Open-loop capacity at p95 <= 200 ms was
-    # 61-72% of the ONNX Runtime ceiling in three runs with 512 or 1024: within run-to-run
-    # noise, docs/RESULTS.md.) Short texts still batch 32 at a time (32 x 16 tokens).
+    # the int8 MiniLM: ~9k tokens per core-second whatever the batch size (batching saves
+    # per-run overhead, not per-token work), so 512 tokens is ~55 ms on one worker's core
+    # and a text waiting behind a running batch loses little. (512 vs 1024 was within
+    # run-to-run noise, docs/RESULTS.md.) Short texts still batch 32 at a time (32 x 16 tokens).
     max_batch_tokens: int = 512
+    # A padded token costs the CPU what a real one does. Measured with 2 inference workers at
+    # 55-68 req/s (docs/RESULTS.md): 0.1 against no limit cut server CPU per request 3-10%
+    # and p95 in 5 of 6 paired steps.
+    max_padding_ratio: float = 0.1
     max_queue: int = 256
     request_timeout_ms: float = 1000.0
     # The longest IMDB review is ~14k characters; beyond this it is not a review.
@@ -57,10 +62,12 @@ class ServerConfig:
     max_texts_per_request: int = 64
     max_body_bytes: int = 2 * 1024 * 1024
     truncate: bool = True
-    # 0 = physical cores. Measured on the 2-core box: 2 threads cut a single review's
-    # latency ~40% against 1 and cost nothing at batch 32; spinning threads made both
-    # worse (so runner.py turns spinning off). The tokenizer gets one thread: it is ~2% of
-    # the work (0.55 ms CPU per review against ~25 ms of inference).
+    # 0 = physical cores (1 on a GPU), like TorchServe's workers per model or Triton's
+    # instance count. On the 2-core box, 2 workers x 1 thread did 15-20% more texts/s than
+    # 1 worker x 2 threads in the tight loop, and lifted open-loop capacity (docs/BENCHMARKS.md).
+    inference_workers: int = 0
+    # 0 = physical cores / inference workers. The tokenizer gets one thread of its own: it
+    # is a few percent of the work (~1 ms per review against ~20 ms of inference).
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     drain_timeout_s: float = 10.0
@@ -71,9 +78,13 @@ class ServerConfig:
         positive = ("port", "max_batch_size", "max_batch_tokens", "max_queue", "request_timeout_ms",
                     "max_text_chars", "max_texts_per_request", "max_body_bytes", "inter_op_threads",
                     "drain_timeout_s")
+        if self.inference_workers < 0:
+            raise ValueError(f"--inference-workers must be >= 0, got {self.inference_workers}")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.max_padding_ratio <= 1.0:
+            raise ValueError(f"--max-padding-ratio must be within [0, 1], got {self.max_padding_ratio}")
         if self.max_wait_ms < 0 or self.intra_op_threads < 0:
             raise ValueError("--max-wait-ms and --intra-op-threads must be >= 0")
         if self.port > 65535:

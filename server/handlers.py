@@ -107,6 +107,7 @@ async def model_info(request: web.Request) -> web.Response:
     info["batching"] = {
         "max_batch_size": config.max_batch_size, "max_batch_tokens": config.max_batch_tokens,
         "max_wait_ms": config.max_wait_ms, "max_queue": config.max_queue,
+        "max_padding_ratio": config.max_padding_ratio, "inference_workers": request.app[BATCHER].workers,
         "request_timeout_ms": config.request_timeout_ms,
     }
     info["limits"] = {"max_text_chars": config.max_text_chars,

@@ -52,15 +52,19 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
         "--model-dir", str(tiny_model_dir), "--checkpoint", str(tiny_checkpoint), "--quick", "--texts", "32",
         "--duration-s", "1", "--max-steps", "2", "--probe-s", "1", "--ceiling-s", "0.3", "--max-batch-size", "8",
         "--output-dir", str(out),
-        "--log-dir", str(tmp_path / "logs"), "--data-dir", str(tmp_path / "no-data"), "--skip", "batch1,torch",
+        "--log-dir", str(tmp_path / "logs"), "--data-dir", str(tmp_path / "no-data"), "--skip", "single_worker,batch1,torch",
+        "--inference-workers", "2", "--intra-op-threads", "1",
         "--retries", "0", "--quiet-wait-s", "0",  # a shared test machine would otherwise wait and re-run steps
     ])
     assert code == 0, capsys.readouterr()
     results = json.loads((out / "benchmarks.json").read_text())
     assert results["texts"] == {"count": 32, "source": "synthetic"}
     ceiling = results["ceiling"]
-    assert set(ceiling["by_batch_size"]) == {"1", "4", "8"}
-    assert ceiling["texts_per_s"] == max(v["texts_per_s"] for v in ceiling["by_batch_size"].values()) > 0
+    measured = ceiling["measurements"]
+    assert {e["batch_size"] for e in measured} == {1, 4, 8}
+    assert (2, 1) in {(e["streams"], e["threads"]) for e in measured}  # the server's own layout
+    assert ceiling["texts_per_s"] == max(e["texts_per_s"] for e in measured) > 0
+    assert ceiling["server_layout_texts_per_s"] <= ceiling["texts_per_s"]
     entry = results["server"]
     assert len(entry["steps"]) == 4 and entry["closed_loop_rps"] > 0  # 2 search steps, then 50% and 80%
     assert all(s["sent"] > 0 and s["client_cpu_cores"] >= 0 and s["server_cpu_cores"] > 0 and s["other_cpu_cores"] >= 0
@@ -68,9 +72,11 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     assert [s.get("fraction") for s in entry["steps"]] == [None, None, 0.5, 0.8]
     assert entry["capacity_rps"] > 0, "the tiny model meets 200 ms at 70% of its closed-loop rate"
     assert set(entry["at_fraction"]) == {"50%", "80%"}
-    assert "server_batch1" not in results and "torch_baseline" not in results
+    assert "server_batch1" not in results and "torch_baseline" not in results and "server_single_worker" not in results
+    assert entry["model_info"]["batching"]["inference_workers"] == 2 and entry["model_info"]["intra_op_threads"] == 1
     md = (out / "BENCHMARKS.md").read_text()
     assert "Quick mode" in md and "2 / 1: server capacity / ceiling" in md and "2 / 4" not in md
+    assert "2 inference workers x 1 thread" in md and "| 2 x 1 |" in md
     assert results["command"].startswith("python -m loadtest.bench --model-dir ")
 
 
@@ -79,3 +85,11 @@ def test_bench_bad_flags_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --model-dir")
     assert bench_main(["--model-dir", str(tmp_path), "--checkpoint", str(tmp_path), "--skip", "gpu"]) == 2
     assert "--skip takes" in capsys.readouterr().err
+
+
+def test_ceiling_layouts_cover_both_extremes_and_the_servers():
+    from loadtest.bench import ceiling_layouts
+
+    assert ceiling_layouts(2, (2, 1)) == [(1, 2), (2, 1)]
+    assert ceiling_layouts(4, (2, 2)) == [(1, 4), (2, 2), (4, 1)]
+    assert ceiling_layouts(1, (1, 1)) == [(1, 1)]

@@ -14,7 +14,8 @@ class FakeRunner:
     """Deterministic stand-in: one token per word, probability of `positive` from the length.
 
     `gate` (when cleared) blocks inference, to hold batches in flight; a text containing
-    FAIL_MARKER makes its whole batch raise.
+    FAIL_MARKER makes its whole batch raise. `active`/`peak` count `predict` calls running
+    at once (now / at most), for the inference-worker tests.
     """
 
     labels = ("negative", "positive")
@@ -29,6 +30,9 @@ class FakeRunner:
         self.gate.set()
         self.batches: list[list[int]] = []  # first word-token of each text, per batch
         self.started = threading.Event()  # set when a batch starts
+        self.active = 0
+        self.peak = 0
+        self._active_changed = threading.Condition()
 
     def encode(self, texts):
         out = []
@@ -38,13 +42,26 @@ class FakeRunner:
         return out
 
     def predict(self, seqs):
-        self.batches.append([int(s[1]) for s in seqs])
+        with self._active_changed:
+            self.batches.append([int(s[1]) for s in seqs])
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self._active_changed.notify_all()
         self.started.set()
-        if not self.gate.wait(timeout=10):
-            raise TimeoutError("test gate never opened")
-        if any(_FAIL_ID in s for s in seqs):
-            raise RuntimeError("injected failure")
-        return np.array([expected_positive(len(s)) for s in seqs])
+        try:
+            if not self.gate.wait(timeout=10):
+                raise TimeoutError("test gate never opened")
+            if any(_FAIL_ID in s for s in seqs):
+                raise RuntimeError("injected failure")
+            return np.array([expected_positive(len(s)) for s in seqs])
+        finally:
+            with self._active_changed:
+                self.active -= 1
+
+    def wait_active(self, n: int, timeout: float = 5.0) -> bool:
+        """Block (call it through asyncio.to_thread) until `n` predict calls run at once."""
+        with self._active_changed:
+            return self._active_changed.wait_for(lambda: self.active >= n, timeout)
 
     def warmup(self) -> None:
         pass
@@ -67,7 +84,8 @@ def serve_fake(aiohttp_client, fake_runner):
     from server.config import ServerConfig
 
     async def start(**overrides):
-        config = ServerConfig(**overrides)
+        # One worker unless a test asks for more: the fake's gate holds one batch at a time.
+        config = ServerConfig(**{"inference_workers": 1, **overrides})
         app = create_app(config, runner=fake_runner)
         return await aiohttp_client(app)
 

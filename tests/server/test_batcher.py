@@ -61,15 +61,29 @@ def test_oldest_always_included_even_if_alone_over_budget():
     assert select_batch([500, 5, 5, 5, 5, 5], LIMITS) == [0]
 
 
+def test_padding_cap_sends_mismatched_lengths_alone():
+    no_cap, cap = BatchLimits(4, 1000, 0.0), BatchLimits(4, 1000, 0.0, max_padding=0.1)
+    assert select_batch([100, 10], no_cap) == [0, 1]  # 200 padded tokens for 110 real ones
+    assert select_batch([100, 10], cap) == [0]
+    assert select_batch([10, 100], cap) == [0]
+    # Similar lengths still batch: 4 x 100 padded tokens for 385 real ones (3.75% padding).
+    assert select_batch([100, 95, 10, 98, 92], cap) == [0, 1, 3, 4]
+    assert select_batch([100, 95, 10, 98, 92], BatchLimits(4, 1000, 0.0, max_padding=0.0)) == [0]
+    assert select_batch([64, 64, 64], BatchLimits(4, 1000, 0.0, max_padding=0.0)) == [0, 1, 2]
+
+
 def test_select_batch_properties_random():
     rng = np.random.default_rng(0)
     for _ in range(200):
-        limits = BatchLimits(int(rng.integers(1, 9)), int(rng.integers(64, 400)), 0.0)
+        limits = BatchLimits(int(rng.integers(1, 9)), int(rng.integers(64, 400)), 0.0,
+                             float(rng.choice([0.0, 0.1, 0.3, 1.0])))
         lengths = [int(x) for x in rng.integers(2, 64, size=int(rng.integers(1, 30)))]
         chosen = select_batch(lengths, limits)
         assert chosen[0] == 0 and chosen == sorted(set(chosen))
         assert len(chosen) <= limits.max_batch_size
-        assert len(chosen) * max(lengths[i] for i in chosen) <= limits.max_batch_tokens
+        padded = len(chosen) * max(lengths[i] for i in chosen)
+        assert padded <= limits.max_batch_tokens or len(chosen) == 1
+        assert sum(lengths[i] for i in chosen) >= (1 - limits.max_padding) * padded - 1e-9
 
 
 # -- MicroBatcher ------------------------------------------------------------------
@@ -91,6 +105,46 @@ class Model:
         return np.array([[1 - s[0] / 100, s[0] / 100] for s in seqs])
 
 
+class Tickets:
+    """Like Model, but a batch runs only once its first id is released; counts batches running at once."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.active = 0
+        self.peak = 0
+        self._released: set[int] = set()
+        self._everything = False
+        self._changed = threading.Condition()
+
+    def __call__(self, seqs):
+        first = int(seqs[0][0])
+        with self._changed:
+            self.batches.append([int(s[0]) for s in seqs])
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self._changed.notify_all()
+            try:
+                if not self._changed.wait_for(lambda: self._everything or first in self._released, 5):
+                    raise TimeoutError("never released")
+            finally:
+                self.active -= 1
+        return np.array([[1 - s[0] / 100, s[0] / 100] for s in seqs])
+
+    def release(self, *firsts: int) -> None:
+        """Let the batches starting with these ids finish; no ids: every batch, now and later."""
+        with self._changed:
+            self._released.update(firsts)
+            self._everything = self._everything or not firsts
+            self._changed.notify_all()
+
+    async def running(self, n: int) -> bool:
+        """True once `n` batches are inside the model at the same time (False after 2 s)."""
+        def wait() -> bool:
+            with self._changed:
+                return self._changed.wait_for(lambda: self.active >= n, 2.0)
+        return await asyncio.to_thread(wait)
+
+
 def seq(first: int, length: int = 4) -> np.ndarray:
     return np.full(length, first, dtype=np.int64)
 
@@ -99,8 +153,8 @@ def seq(first: int, length: int = 4) -> np.ndarray:
 async def make_batcher():
     made = []
 
-    async def make(limits=LIMITS, max_queue=64, model=None):
-        batcher = MicroBatcher(model or Model(), limits, max_queue, Metrics())
+    async def make(limits=LIMITS, max_queue=64, model=None, workers=1):
+        batcher = MicroBatcher(model or Model(), limits, max_queue, Metrics(), workers=workers)
         await batcher.start()
         made.append(batcher)
         return batcher
@@ -262,3 +316,55 @@ async def test_loop_error_fails_queued_texts_and_loop_survives(make_batcher, mon
         await asyncio.wait_for(batcher.submit([seq(1)], far())[0], 2)
     result = await asyncio.wait_for(batcher.submit([seq(2)], far())[0], 2)
     assert round(float(result.probabilities[1]) * 100) == 2
+
+
+# -- inference workers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_at_most_workers_batches_run_at_once(make_batcher, workers):
+    model = Tickets()
+    batcher = await make_batcher(BatchLimits(8, 1000, 0.0), model=model, workers=workers)
+    futures = []
+    for i in range(1, workers + 1):  # one single-text batch per worker, each held in the model
+        futures += batcher.submit([seq(i)], far())
+        assert await model.running(i)
+    for i in (10, 11, 12):  # every worker busy: these wait in the queue, not in the executor
+        futures += batcher.submit([seq(i)], far())
+    await asyncio.sleep(0.05)
+    assert model.active == workers and batcher.depth == 3
+    model.release()
+    results = await asyncio.gather(*futures)
+    assert [round(float(r.probabilities[1]) * 100) for r in results] == [*range(1, workers + 1), 10, 11, 12]
+    assert model.batches == [[i] for i in range(1, workers + 1)] + [[10, 11, 12]]
+    assert model.peak == workers
+
+
+@pytest.mark.parametrize("workers", [0, -1])
+def test_workers_below_one_is_refused(workers):
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        MicroBatcher(Model(), LIMITS, 8, workers=workers)
+
+
+@pytest.mark.parametrize("finishes_first", [1, 2])
+async def test_stop_waits_for_every_running_batch(finishes_first):
+    model = Tickets()
+    batcher = MicroBatcher(model, BatchLimits(1, 1000, 0.0), 16, workers=2)
+    await batcher.start()
+    running = {1: batcher.submit([seq(1)], far())[0]}
+    assert await model.running(1)
+    running[2] = batcher.submit([seq(2)], far())[0]
+    assert await model.running(2)
+    queued = batcher.submit([seq(3)], far())
+    stopping = asyncio.ensure_future(batcher.stop())
+    await asyncio.sleep(0.02)
+    model.release(finishes_first)  # stop() must still wait for the other batch
+    await asyncio.sleep(0.05)
+    assert not stopping.done() and [f.done() for f in running.values()].count(True) == 1
+    model.release(3 - finishes_first)
+    await asyncio.wait_for(stopping, 2)
+    assert all(f.done() for f in running.values())  # answered by the time stop() returns
+    assert {i: round(float(f.result().probabilities[1]) * 100) for i, f in running.items()} == {1: 1, 2: 2}
+    with pytest.raises(ShuttingDown):
+        await queued[0]
+    assert model.batches == [[1], [2]]

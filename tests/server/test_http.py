@@ -10,6 +10,7 @@ import pytest
 from server.app import begin_drain, wait_drained
 from server.metrics import METRIC_NAMES
 from server.openapi import SPEC
+from server.runner import physical_cores
 from server.state import BATCHER, STATE
 
 
@@ -191,6 +192,26 @@ async def test_model_endpoint(serve_fake):
     body = await (await client.get("/v1/model")).json()
     assert body["labels"] == ["negative", "positive"] and body["max_length"] == 64
     assert {"quantization", "parity", "batching", "limits"} <= set(body)
+
+
+@pytest.mark.parametrize("workers,expected", [(1, 1), (2, 2), (0, physical_cores())])
+async def test_model_endpoint_reports_inference_workers(serve_fake, workers, expected):
+    client = await serve_fake(inference_workers=workers)  # 0: the resolved count, not the setting
+    body = await (await client.get("/v1/model")).json()
+    assert body["batching"]["inference_workers"] == expected == client.app[BATCHER].workers
+
+
+async def test_two_workers_serve_two_requests_at_once(serve_fake, fake_runner):
+    client = await serve_fake(inference_workers=2, max_wait_ms=0)
+    fake_runner.gate.clear()
+    first = asyncio.ensure_future(client.post("/v1/predict", json={"text": "first"}))
+    assert await asyncio.to_thread(fake_runner.wait_active, 1)
+    second = asyncio.ensure_future(client.post("/v1/predict", json={"text": "second one"}))
+    assert await asyncio.to_thread(fake_runner.wait_active, 2)  # both inside predict, neither released
+    assert fake_runner.batches == [[5], [6]] and client.app[BATCHER].depth == 0
+    fake_runner.gate.set()
+    assert [r.status for r in await asyncio.gather(first, second)] == [200, 200]
+    assert fake_runner.peak == 2
 
 
 async def test_openapi_matches_routes(serve_fake):

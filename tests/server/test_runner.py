@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import server.runner as runner_module
-from server.runner import ModelDirError, OnnxRunner, physical_cores, softmax
+from server.runner import ModelDirError, OnnxRunner, physical_cores, softmax, thread_layout
 
 
 def test_runner_reads_the_model_directory(tiny_model_dir):
@@ -47,6 +47,66 @@ def test_thread_default_respects_cgroup_quota(monkeypatch):
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
     monkeypatch.setattr(runner_module, "_cgroup_cpu_quota", lambda: 1.0)
     assert physical_cores() == 1
+
+
+def test_thread_layout_explicit_values_pass_through():
+    assert thread_layout(3, 5) == (3, 5)
+    assert thread_layout(1, 1) == (1, 1)
+
+
+def test_thread_layout_zero_fills_the_physical_cores():
+    cores = physical_cores()
+    workers, intra = thread_layout(0, 0)
+    assert workers == cores and intra >= 1
+    assert workers * intra <= max(cores, workers)
+    assert thread_layout(1, 0) == (1, cores)  # one worker gets every core
+    assert thread_layout(0, 2) == (cores, 2)
+
+
+@pytest.mark.parametrize("workers,intra,expected", [
+    (0, 0, (8, 1)), (1, 0, (1, 8)), (2, 0, (2, 4)), (3, 0, (3, 2)), (16, 0, (16, 1)), (0, 3, (8, 3)),
+])
+def test_thread_layout_splits_cores_among_workers(monkeypatch, workers, intra, expected):
+    monkeypatch.setattr(runner_module, "physical_cores", lambda: 8)
+    assert thread_layout(workers, intra) == expected
+
+
+def test_load_runner_gives_each_worker_its_share_of_threads(tiny_model_dir, monkeypatch):
+    from server.app import load_runner
+    from server.config import ServerConfig
+
+    monkeypatch.setattr(runner_module, "physical_cores", lambda: 4)
+    runner = load_runner(ServerConfig(model_dir=tiny_model_dir, inference_workers=2))
+    # Two threads per worker need a session each: one session's pool is shared by its runs.
+    assert runner.info["intra_op_threads"] == 2 and runner.info["sessions"] == 2
+    one_thread = load_runner(ServerConfig(model_dir=tiny_model_dir, inference_workers=4))
+    assert one_thread.info["intra_op_threads"] == 1 and one_thread.info["sessions"] == 1
+
+
+def test_runner_with_several_sessions_answers_concurrent_callers_alike(tiny_model_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner = OnnxRunner(tiny_model_dir, intra_op_threads=1, sessions=2)
+    seqs = runner.encode(["a fine film", "dull and long", "I loved every minute of it"] * 4)
+    expected = np.concatenate([runner.predict([s]) for s in seqs])
+    with ThreadPoolExecutor(4) as pool:
+        got = np.concatenate(list(pool.map(lambda s: runner.predict([s]), seqs)))
+    assert np.allclose(got, expected, atol=1e-6)
+    assert runner._sessions.qsize() == 2  # every session went back to the pool
+
+
+def test_default_workers_one_per_core_on_cpu_one_on_gpu(monkeypatch):
+    from types import SimpleNamespace
+
+    from server.app import inference_workers
+    from server.config import ServerConfig
+
+    monkeypatch.setattr(runner_module, "physical_cores", lambda: 4)
+    cpu = SimpleNamespace(info={"providers": ["CPUExecutionProvider"]})
+    gpu = SimpleNamespace(info={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    assert inference_workers(ServerConfig(), cpu) == 4
+    assert inference_workers(ServerConfig(), gpu) == 1
+    assert inference_workers(ServerConfig(inference_workers=3), gpu) == 3
 
 
 def test_softmax_is_stable():

@@ -42,6 +42,8 @@ def test_environment_then_command_line():
     (["--log-level", "loud"], {}, "--log-level"),
     ([], {"SENTIMENT_MAX_QUEUE": "many"}, "SENTIMENT_MAX_QUEUE"),
     (["--port", "x"], {}, "--port"),
+    (["--max-padding-ratio", "1.5"], {}, "--max-padding-ratio must be within [0, 1]"),
+    (["--max-padding-ratio", "-0.1"], {}, "--max-padding-ratio must be within [0, 1]"),
 ])
 def test_bad_values_exit_2_with_one_line(argv, env, needle, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -49,3 +51,22 @@ def test_bad_values_exit_2_with_one_line(argv, env, needle, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert needle in err[-1]
+
+
+def test_inference_workers_from_flag_or_environment():
+    assert parse_config([], env={}).inference_workers == 0  # 0 = physical cores
+    assert parse_config(["--inference-workers", "3"], env={}).inference_workers == 3
+    assert parse_config([], env={"SENTIMENT_INFERENCE_WORKERS": "3"}).inference_workers == 3
+    assert parse_config(["--inference-workers", "2"], env={"SENTIMENT_INFERENCE_WORKERS": "3"}).inference_workers == 2
+
+
+@pytest.mark.parametrize("argv,env", [
+    (["--inference-workers", "-1"], {}),
+    ([], {"SENTIMENT_INFERENCE_WORKERS": "-1"}),
+])
+def test_negative_inference_workers_exit_2_with_one_line(argv, env, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_config(argv, env=env)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--inference-workers" in err[0]

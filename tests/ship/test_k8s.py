@@ -95,9 +95,11 @@ def test_env_names_are_server_settings():
 
 def test_threads_follow_the_cpu_limit():
     c = container()
-    ref = env_of(c)["SENTIMENT_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"]
+    env = env_of(c)
+    ref = env["SENTIMENT_INFERENCE_WORKERS"]["valueFrom"]["resourceFieldRef"]
     assert ref["resource"] == "limits.cpu" and ref["containerName"] == c["name"] and str(ref["divisor"]) == "1"
-    # A whole-core limit, so the thread count equals the cores the pod may use.
+    assert env["SENTIMENT_INTRA_OP_THREADS"]["value"] == "1"
+    # A whole-core limit, so workers x threads equals the cores the pod may use.
     limit = str(c["resources"]["limits"]["cpu"])
     assert limit.isdigit() and int(limit) >= 1
     assert c["resources"]["requests"]["cpu"] == c["resources"]["limits"]["cpu"]

@@ -69,7 +69,8 @@ def test_compose_server_settings():
     env = server["environment"]
     names = {env_name(f.name) for f in fields(ServerConfig)}
     assert set(env) <= names, set(env) - names
-    assert int(env["SENTIMENT_INTRA_OP_THREADS"]) == int(server["cpus"]), "threads must match the CPU limit"
+    threads = int(env["SENTIMENT_INFERENCE_WORKERS"]) * int(env["SENTIMENT_INTRA_OP_THREADS"])
+    assert threads == int(server["cpus"]), "workers x threads must match the CPU limit"
     grace = float(server["stop_grace_period"].rstrip("s"))
     assert grace > float(env["SENTIMENT_DRAIN_TIMEOUT_S"]), "docker would SIGKILL mid-drain"
 
