@@ -29,14 +29,12 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import itertools  # noqa: E402
-import json  # noqa: E402
 import random  # noqa: E402
 import shlex  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-import urllib.request  # noqa: E402
 from dataclasses import asdict, dataclass, fields  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -170,7 +168,8 @@ def measure_ceiling(config: BenchConfig, texts: list[str], server_layout: tuple[
     for streams, threads in ceiling_layouts(physical_cores(), server_layout):
         runner = OnnxRunner(config.model_dir, intra_op_threads=threads)
         runner.warmup()
-        info = runner.info if (streams, threads) == server_layout or not info else info
+        if (streams, threads) == server_layout:  # always among the layouts
+            info = runner.info
         if order is None:
             order = sorted(range(len(texts)), key=lambda i: len(runner.encode([texts[i]])[0]))
         for size in ceiling_batch_sizes(config.max_batch_size):
@@ -278,12 +277,6 @@ def _describe(step) -> str:
             f"{step.client_cpu_cores:.2f}, other processes {other}")
 
 
-def _model_info(url: str) -> dict:
-    """The served model and settings as the server reports them (GET /v1/model)."""
-    with urllib.request.urlopen(url + "/v1/model", timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 def run(config: BenchConfig, argv: list[str]) -> int:
     texts, source = load_texts(config.texts, config.data_dir, seed=config.seed)
     bodies = payloads(texts)
@@ -298,17 +291,19 @@ def run(config: BenchConfig, argv: list[str]) -> int:
     best = ceiling["best_layout"]
     print(f"[ceiling] {ceiling['texts_per_s']:.1f} texts/s (best: {best['streams']} stream(s) x "
           f"{best['threads']} thread(s), batch {ceiling['best_batch_size']})", flush=True)
-    # Explicit layouts, so each served command line says exactly what ran.
     server_cmd = [sys.executable, "-m", "server", "--model-dir", str(config.model_dir), "--host", "127.0.0.1",
                   *shlex.split(config.server_args)]
-    layout = ["--inference-workers", str(workers), "--intra-op-threads", str(threads)]
-    targets = [("server", server_cmd + layout + ["--max-batch-size", str(config.max_batch_size)], (0.5, 0.8))]
+
+    def served(n_workers: int, n_threads: int, batch: int) -> list[str]:
+        """Explicit layouts, so each served command line says exactly what ran."""
+        return server_cmd + ["--inference-workers", str(n_workers), "--intra-op-threads", str(n_threads),
+                             "--max-batch-size", str(batch)]
+
+    targets = [("server", served(workers, threads, config.max_batch_size), (0.5, 0.8))]
     if "single_worker" not in config.skipped and (workers, threads) != (1, cores):
-        targets.append(("server_single_worker", server_cmd + ["--inference-workers", "1", "--intra-op-threads",
-                                                              str(cores), "--max-batch-size",
-                                                              str(config.max_batch_size)], ()))
+        targets.append(("server_single_worker", served(1, cores, config.max_batch_size), ()))
     if "batch1" not in config.skipped:
-        targets.append(("server_batch1", server_cmd + layout + ["--max-batch-size", "1"], ()))
+        targets.append(("server_batch1", served(workers, threads, 1), ()))
     if "torch" not in config.skipped:
         targets.append(("torch_baseline", [sys.executable, "-m", "loadtest.torch_baseline", "--checkpoint",
                                            str(config.checkpoint), "--host", "127.0.0.1", "--threads",
@@ -317,9 +312,8 @@ def run(config: BenchConfig, argv: list[str]) -> int:
     config.log_dir.mkdir(parents=True, exist_ok=True)
     for name, cmd, fractions in targets:
         with ServedProcess(cmd, config.log_dir / f"{name}.log", parse_cpus(config.server_cpus)) as proc:
-            served = _model_info(proc.url) if name.startswith("server") else {}
             results[name] = {"command": shlex.join(cmd[1:] + ["--port", str(proc.port)]), "ready": proc.ready_body,
-                             "model_info": served,
+                             "model_info": proc.get_json("/v1/model") if name.startswith("server") else {},
                              **asyncio.run(search(name, proc, bodies, config, fractions))}
     info["load_average_end"] = os.getloadavg()
     from server.config import ServerConfig

@@ -83,6 +83,11 @@ class ServedProcess:
             time.sleep(0.2)
         raise RuntimeError(f"{self.cmd[2]} not ready after {self.ready_timeout_s:.0f} s (log: {self.log_path})")
 
+    def get_json(self, path: str, timeout_s: float = 10.0) -> dict:
+        """GET `path` (e.g. /v1/model) from the process and parse the JSON body."""
+        with urllib.request.urlopen(self.url + path, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+
     def cpu_seconds(self) -> float:
         """CPU time (user + system, all threads) the process has used so far."""
         with open(f"/proc/{self.proc.pid}/stat") as fh:

@@ -53,7 +53,7 @@ def inference_workers(config: ServerConfig, runner: Runner) -> int:
         return config.inference_workers
     if "CUDAExecutionProvider" in runner.info.get("providers", ()):
         return 1
-    return thread_layout()[0]
+    return thread_layout()[0]  # one per physical core
 
 
 async def _model_ctx(app: web.Application):

@@ -16,6 +16,12 @@ from loadtest.procs import free_port
 LOCUST_ARGS = ["--", "--think-min-s", "0.05", "--think-max-s", "0.1", "--multi-fraction", "0.3", "--review-pool", "50"]
 
 
+async def run_gate(server, report_dir, *extra: str, users: int = 4, run_time: str = "3s") -> tuple[int, str, str]:
+    """The gate against a test server: `users` spawned at once, locust's short think times."""
+    return await run_cli("--host", str(server.make_url("")).rstrip("/"), "--users", str(users), "--spawn-rate",
+                         str(users), "--run-time", run_time, *extra, "--report-dir", str(report_dir), *LOCUST_ARGS)
+
+
 async def run_cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "loadtest", *args,
@@ -27,10 +33,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
 
 async def test_fast_server_passes(aiohttp_server, tmp_path):
     server = await aiohttp_server(create_app(delay_s=0.0))
-    code, out, err = await run_cli(
-        "--host", str(server.make_url("")).rstrip("/"), "--users", "4", "--spawn-rate", "4", "--run-time", "3s",
-        "--report-dir", str(tmp_path), *LOCUST_ARGS,
-    )
+    code, out, err = await run_gate(server, tmp_path)
     assert code == 0, out + err
     last = out.strip().splitlines()[-1]
     assert last.startswith("PASS: requests="), out
@@ -48,10 +51,7 @@ async def test_fast_server_passes(aiohttp_server, tmp_path):
 
 async def test_slow_server_fails_the_p95_gate(aiohttp_server, tmp_path):
     server = await aiohttp_server(create_app(delay_s=0.4))
-    code, out, err = await run_cli(
-        "--host", str(server.make_url("")).rstrip("/"), "--users", "4", "--spawn-rate", "4", "--run-time", "3s",
-        "--report-dir", str(tmp_path), *LOCUST_ARGS,
-    )
+    code, out, err = await run_gate(server, tmp_path)
     assert code == 1, out + err
     last = out.strip().splitlines()[-1]
     assert last.startswith("FAIL: p95 ") and "> 200 ms" in last, last
@@ -59,10 +59,7 @@ async def test_slow_server_fails_the_p95_gate(aiohttp_server, tmp_path):
 
 async def test_generous_sla_passes_the_slow_server(aiohttp_server, tmp_path):
     server = await aiohttp_server(create_app(delay_s=0.4))
-    code, out, _ = await run_cli(
-        "--host", str(server.make_url("")).rstrip("/"), "--users", "2", "--spawn-rate", "2", "--run-time", "2s",
-        "--sla-p95-ms", "1000", "--report-dir", str(tmp_path), *LOCUST_ARGS,
-    )
+    code, out, _ = await run_gate(server, tmp_path, "--sla-p95-ms", "1000", users=2, run_time="2s")
     assert code == 0 and out.strip().splitlines()[-1].startswith("PASS"), out
 
 
