@@ -10,6 +10,7 @@ the generator's own send lag is reported to show it was not the bottleneck.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
@@ -19,8 +20,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-import aiohttp
 import numpy as np
+
+from loadtest.httpclient import HttpError, LeanClient
 
 MIN_REQUESTS = 40
 
@@ -72,51 +74,56 @@ def payloads(texts: Sequence[str]) -> list[bytes]:
     return [json.dumps({"text": t}).encode() for t in texts]
 
 
-async def run_step(session: aiohttp.ClientSession, url: str, bodies: Sequence[bytes], rate: float,
-                   duration_s: float, seed: int = 0, timeout_s: float = 5.0,
-                   server_cpu=None) -> StepResult:
+async def run_step(client: LeanClient, requests: Sequence[bytes], rate: float, duration_s: float, seed: int = 0,
+                   timeout_s: float = 5.0, server_cpu=None) -> StepResult:
     """Send Poisson arrivals at `rate`/s for `duration_s` and wait for every answer.
 
-    Bounded: about rate * duration_s requests, each with a `timeout_s` client timeout.
-    `server_cpu`, when given, is a zero-argument callable returning the server's CPU seconds.
+    `requests` are built by `client.build`. Bounded: about rate * duration_s requests,
+    each with a `timeout_s` client timeout. `server_cpu`, when given, is a zero-argument
+    callable returning the server's CPU seconds. Each arrival is a timer callback that
+    writes its request (no task, no sleep per request): the generator shares the CPUs
+    with the server, so what it spends per request is measured and kept small.
     """
     rng = random.Random(seed)
     # At low rates stretch the step (up to 3x) so its percentiles rest on enough requests.
     duration_s = min(max(duration_s, MIN_REQUESTS / rate), 3 * duration_s)
     arrivals = poisson_arrivals(rate, duration_s, rng)
-    offset = rng.randrange(len(bodies))
+    offset = rng.randrange(len(requests))
     loop = asyncio.get_running_loop()
     latencies = np.full(len(arrivals), np.nan)
     lags = np.zeros(len(arrivals))
     kinds: dict[str, int] = {}
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    finished = loop.create_future()
+    pending = [len(arrivals)]
 
-    async def one(i: int, due: float) -> None:
-        lags[i] = loop.time() - due
-        try:
-            async with session.post(url, data=bodies[(offset + i) % len(bodies)], timeout=timeout,
-                                    headers={"Content-Type": "application/json"}) as resp:
-                await resp.read()
-                status = resp.status
-        except asyncio.TimeoutError:
-            status = "timeout"
-        except aiohttp.ClientError as exc:
-            status = type(exc).__name__
+    def answered(i: int, due: float, fut: asyncio.Future) -> None:
         latencies[i] = (loop.time() - due) * 1000.0
+        exc = fut.exception()
+        if exc is None:
+            status = fut.result()[0]
+        else:
+            status = "timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
         if status != 200:
             kinds[str(status)] = kinds.get(str(status), 0) + 1
+        pending[0] -= 1
+        if pending[0] == 0 and not finished.done():
+            finished.set_result(None)
+
+    def fire(i: int, due: float) -> None:
+        lags[i] = loop.time() - due
+        client.request(requests[(offset + i) % len(requests)], timeout_s).add_done_callback(
+            functools.partial(answered, i, due))
 
     cpu0, srv0, sys0, wall0 = (_cpu_seconds(), server_cpu() if server_cpu else None, _system_busy_seconds(),
                                time.perf_counter())
     start = loop.time() + 0.05
-    tasks = []
-    for i, at in enumerate(arrivals):
-        due = start + at
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, due)))
-    await asyncio.gather(*tasks)
+    timers = [loop.call_at(start + at, fire, i, start + at) for i, at in enumerate(arrivals)]
+    try:
+        if arrivals:
+            await finished
+    finally:
+        for timer in timers:  # cancelled from outside: send nothing more
+            timer.cancel()
     wall = time.perf_counter() - wall0
     cpu = _cpu_seconds() - cpu0
     srv = (server_cpu() - srv0) / wall if server_cpu and srv0 is not None else None
@@ -134,8 +141,8 @@ async def run_step(session: aiohttp.ClientSession, url: str, bodies: Sequence[by
     )
 
 
-async def closed_loop_throughput(session: aiohttp.ClientSession, url: str, bodies: Sequence[bytes],
-                                 concurrency: int, duration_s: float, timeout_s: float = 10.0) -> float:
+async def closed_loop_throughput(client: LeanClient, requests: Sequence[bytes], concurrency: int,
+                                 duration_s: float, timeout_s: float = 10.0) -> float:
     """Successful answers per second with `concurrency` clients sending back to back.
 
     Used only to bracket the open-loop search: the SLA-bound rate cannot exceed it.
@@ -144,22 +151,18 @@ async def closed_loop_throughput(session: aiohttp.ClientSession, url: str, bodie
     end = loop.time() + duration_s
     done = 0
     counter = iter(range(1 << 62))
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async def client() -> None:
+    async def one_client() -> None:
         nonlocal done
         while loop.time() < end:
-            body = bodies[next(counter) % len(bodies)]
             try:
-                async with session.post(url, data=body, timeout=timeout,
-                                        headers={"Content-Type": "application/json"}) as resp:
-                    await resp.read()
-                    done += resp.status == 200
-            except (asyncio.TimeoutError, aiohttp.ClientError):
+                status, _ = await client.request(requests[next(counter) % len(requests)], timeout_s)
+                done += status == 200
+            except (asyncio.TimeoutError, HttpError):
                 pass
 
     t0 = loop.time()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
     return done / (loop.time() - t0)
 
 

@@ -46,12 +46,25 @@ def load_runner(config: ServerConfig) -> OnnxRunner:
                       sessions=workers if intra > 1 else 1)
 
 
+CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 256, 8192
+
+
+def _on_gpu(runner: Runner) -> bool:
+    return "CUDAExecutionProvider" in runner.info.get("providers", ())
+
+
+def batch_limits(config: ServerConfig, runner: Runner) -> BatchLimits:
+    """The batcher's limits; --max-batch-tokens 0 picks the device's budget (see config)."""
+    tokens = config.max_batch_tokens or (GPU_BATCH_TOKENS if _on_gpu(runner) else CPU_BATCH_TOKENS)
+    return BatchLimits(config.max_batch_size, tokens, config.max_wait_ms / 1000.0, config.max_padding_ratio)
+
+
 def inference_workers(config: ServerConfig, runner: Runner) -> int:
     """--inference-workers, or by default one per core on CPU and one on a GPU (its runs
     share one CUDA stream, so more workers add no overlap: Triton's default too)."""
     if config.inference_workers:
         return config.inference_workers
-    if "CUDAExecutionProvider" in runner.info.get("providers", ()):
+    if _on_gpu(runner):
         return 1
     return thread_layout()[0]  # one per physical core
 
@@ -71,9 +84,7 @@ async def _model_ctx(app: web.Application):
 
 async def _batcher_ctx(app: web.Application):
     config, state = app[CONFIG], app[STATE]
-    limits = BatchLimits(config.max_batch_size, config.max_batch_tokens, config.max_wait_ms / 1000.0,
-                         config.max_padding_ratio)
-    batcher = MicroBatcher(app[RUNNER].predict, limits, config.max_queue, app[METRICS],
+    batcher = MicroBatcher(app[RUNNER].predict, batch_limits(config, app[RUNNER]), config.max_queue, app[METRICS],
                            workers=inference_workers(config, app[RUNNER]))
     app[BATCHER] = batcher
     # One tokenizer thread: the ONNX session already takes the cores (see runner.py);

@@ -20,7 +20,7 @@ _HELP = {
     "port": "TCP port to listen on",
     "max_batch_size": "most texts in one inference batch",
     "max_wait_ms": "longest a batch waits for more texts after its first text arrived",
-    "max_batch_tokens": "most padded tokens (texts x longest text) in one inference batch",
+    "max_batch_tokens": "most padded tokens (texts x longest text) in one inference batch (0: 256 on CPU, 8192 on a GPU)",
     "max_padding_ratio": "most padding a batch of several texts may carry, as a share of its padded tokens (1 = no limit)",
     "max_queue": "most texts waiting for inference; beyond it requests get 503 at once",
     "request_timeout_ms": "deadline per request; texts still queued after it get 504 without inference",
@@ -45,12 +45,12 @@ class ServerConfig:
     # Short: on a CPU a text costs about the same at any batch size, so waiting for company
     # buys no throughput; under load the queue fills the next batch while one runs anyway.
     max_wait_ms: float = 2.0
-    # Bounds a batch's compute time, which on CPU is what the SLA is about. Measured with
-    # the int8 MiniLM: ~9k tokens per core-second whatever the batch size (batching saves
-    # per-run overhead, not per-token work), so 512 tokens is ~55 ms on one worker's core
-    # and a text waiting behind a running batch loses little. (512 vs 1024 was within
-    # run-to-run noise, docs/RESULTS.md.) Short texts still batch 32 at a time (32 x 16 tokens).
-    max_batch_tokens: int = 512
+    # 0 = by device: 256 on CPU, 8192 on a GPU (server.app.batch_limits). On this CPU a token
+    # costs no less in a bigger batch, and every text in a batch waits for all of it, so
+    # long texts run alone and short ones still share a run. Paired steps against 512 were
+    # split (5 of 8 for 256, docs/RESULTS.md): chosen for latency, not a measured win.
+    # A GPU needs wide batches.
+    max_batch_tokens: int = 0
     # A padded token costs the CPU what a real one does. Measured with 2 inference workers at
     # 55-68 req/s (docs/RESULTS.md): 0.1 against no limit cut server CPU per request 3-10%
     # and p95 in 5 of 6 paired steps.
@@ -75,11 +75,12 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
-        positive = ("port", "max_batch_size", "max_batch_tokens", "max_queue", "request_timeout_ms",
+        positive = ("port", "max_batch_size", "max_queue", "request_timeout_ms",
                     "max_text_chars", "max_texts_per_request", "max_body_bytes", "inter_op_threads",
                     "drain_timeout_s")
-        if self.inference_workers < 0:
-            raise ValueError(f"--inference-workers must be >= 0, got {self.inference_workers}")
+        for name in ("inference_workers", "max_batch_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{flag(name)} must be > 0, got {getattr(self, name)}")

@@ -102,12 +102,12 @@ def _prediction(probs: np.ndarray, labels: tuple[str, ...]) -> dict:
 
 
 async def model_info(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
+    config, batcher = request.app[CONFIG], request.app[BATCHER]
     info = dict(request.app[RUNNER].info)
-    info["batching"] = {
-        "max_batch_size": config.max_batch_size, "max_batch_tokens": config.max_batch_tokens,
+    info["batching"] = {  # as resolved at start-up (0 = auto settings show their value)
+        "max_batch_size": config.max_batch_size, "max_batch_tokens": batcher.limits.max_batch_tokens,
         "max_wait_ms": config.max_wait_ms, "max_queue": config.max_queue,
-        "max_padding_ratio": config.max_padding_ratio, "inference_workers": request.app[BATCHER].workers,
+        "max_padding_ratio": config.max_padding_ratio, "inference_workers": batcher.workers,
         "request_timeout_ms": config.request_timeout_ms,
     }
     info["limits"] = {"max_text_chars": config.max_text_chars,

@@ -4,11 +4,13 @@ from __future__ import annotations
 import random
 import time
 
-import aiohttp
 import pytest
 from loadtest_standin import SEEN, create_app
 
-from loadtest.openloop import capacity, next_rate, payloads, poisson_arrivals, run_step, wait_for_quiet
+from loadtest.httpclient import LeanClient
+from loadtest.openloop import (
+    capacity, closed_loop_throughput, next_rate, payloads, poisson_arrivals, run_step, wait_for_quiet,
+)
 
 
 def test_search_starts_grows_then_bisects():
@@ -46,11 +48,12 @@ def test_poisson_arrivals_have_the_asked_rate():
 
 async def test_step_against_fast_server(aiohttp_server):
     server = await aiohttp_server(create_app(delay_s=0.0))
-    async with aiohttp.ClientSession() as session:
-        step = await run_step(session, str(server.make_url("/v1/predict")), payloads(["a good film", "bad"]),
-                              rate=100.0, duration_s=1.0, seed=3)
+    async with LeanClient(str(server.make_url(""))) as client:
+        step = await run_step(client, requests(client, payloads(["a good film", "bad"])), rate=100.0,
+                              duration_s=1.0, seed=3)
     assert 60 < step.sent < 140 and step.errors == 0 and step.ok == step.sent
     assert len(server.app[SEEN]) == step.sent
+    assert {body["text"] for body in server.app[SEEN]} == {"a good film", "bad"}
     assert step.p95_ms < 150 and step.meets(200, 0.01)
     assert 0 <= step.client_cpu_cores < 2
 
@@ -58,10 +61,9 @@ async def test_step_against_fast_server(aiohttp_server):
 async def test_step_is_open_loop_and_latency_shows_server_delay(aiohttp_server):
     # 300 ms per answer, ~60 arrivals in 1 s: a closed loop of one client would need ~18 s.
     server = await aiohttp_server(create_app(delay_s=0.3))
-    async with aiohttp.ClientSession() as session:
+    async with LeanClient(str(server.make_url(""))) as client:
         t0 = time.perf_counter()
-        step = await run_step(session, str(server.make_url("/v1/predict")), payloads(["x"]), rate=60.0,
-                              duration_s=1.0, seed=0)
+        step = await run_step(client, requests(client, payloads(["x"])), rate=60.0, duration_s=1.0, seed=0)
         wall = time.perf_counter() - t0
     assert step.sent >= 40 and step.errors == 0
     assert wall < 4.0
@@ -70,11 +72,30 @@ async def test_step_is_open_loop_and_latency_shows_server_delay(aiohttp_server):
 
 async def test_step_counts_errors_by_kind(aiohttp_server):
     server = await aiohttp_server(create_app(delay_s=0.0))
-    async with aiohttp.ClientSession() as session:
-        step = await run_step(session, str(server.make_url("/v1/predict")), [b'{"text": 5}'], rate=50.0,
-                              duration_s=1.0)
+    async with LeanClient(str(server.make_url(""))) as client:
+        step = await run_step(client, requests(client, [b'{"text": 5}']), rate=50.0, duration_s=1.0)
     assert step.errors == step.sent > 0 and step.error_kinds == {"422": step.sent}
     assert step.error_rate == 1.0 and not step.meets(10_000, 0.5)
+
+
+async def test_step_counts_timeouts(aiohttp_server):
+    server = await aiohttp_server(create_app(delay_s=0.5))
+    async with LeanClient(str(server.make_url(""))) as client:
+        step = await run_step(client, requests(client, payloads(["x"])), rate=50.0, duration_s=1.0, timeout_s=0.1)
+    assert step.errors == step.sent >= 40 and step.error_kinds == {"timeout": step.sent}
+    assert 100 <= step.p50_ms < 400  # each one given up at its timeout, not at the server's answer
+
+
+async def test_closed_loop_counts_answers(aiohttp_server):
+    server = await aiohttp_server(create_app(delay_s=0.05))
+    async with LeanClient(str(server.make_url(""))) as client:
+        rps = await closed_loop_throughput(client, requests(client, payloads(["x"])), concurrency=4, duration_s=1.0)
+    assert 20 < rps <= 4 / 0.05 * 1.1  # 4 clients, 50 ms each: at most ~80/s
+    assert len(server.app[SEEN]) >= 20
+
+
+def requests(client: LeanClient, bodies: list[bytes]) -> list[bytes]:
+    return [client.build("POST", "/v1/predict", body) for body in bodies]
 
 
 async def test_wait_for_quiet_reads_other_load():

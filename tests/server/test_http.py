@@ -201,6 +201,13 @@ async def test_model_endpoint_reports_inference_workers(serve_fake, workers, exp
     assert body["batching"]["inference_workers"] == expected == client.app[BATCHER].workers
 
 
+@pytest.mark.parametrize("setting,expected", [(0, 256), (700, 700)])
+async def test_model_endpoint_reports_the_token_budget_in_force(serve_fake, setting, expected):
+    client = await serve_fake(max_batch_tokens=setting)  # the fake runner is a CPU one
+    body = await (await client.get("/v1/model")).json()
+    assert body["batching"]["max_batch_tokens"] == expected == client.app[BATCHER].limits.max_batch_tokens
+
+
 async def test_two_workers_serve_two_requests_at_once(serve_fake, fake_runner):
     client = await serve_fake(inference_workers=2, max_wait_ms=0)
     fake_runner.gate.clear()

@@ -109,6 +109,21 @@ def test_default_workers_one_per_core_on_cpu_one_on_gpu(monkeypatch):
     assert inference_workers(ServerConfig(inference_workers=3), gpu) == 3
 
 
+def test_batch_token_budget_by_device():
+    from types import SimpleNamespace
+
+    from server.app import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, batch_limits
+    from server.config import ServerConfig
+
+    cpu = SimpleNamespace(info={"providers": ["CPUExecutionProvider"]})
+    gpu = SimpleNamespace(info={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    assert (CPU_BATCH_TOKENS, GPU_BATCH_TOKENS) == (256, 8192)
+    assert batch_limits(ServerConfig(), cpu).max_batch_tokens == 256
+    assert batch_limits(ServerConfig(), gpu).max_batch_tokens == 8192
+    limits = batch_limits(ServerConfig(max_batch_tokens=1000, max_wait_ms=3, max_padding_ratio=0.2), gpu)
+    assert (limits.max_batch_tokens, limits.max_wait_s, limits.max_padding) == (1000, 0.003, 0.2)
+
+
 def test_softmax_is_stable():
     probs = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
     assert np.allclose(probs, [[1, 0], [0.5, 0.5]])

@@ -60,13 +60,19 @@ def test_inference_workers_from_flag_or_environment():
     assert parse_config(["--inference-workers", "2"], env={"SENTIMENT_INFERENCE_WORKERS": "3"}).inference_workers == 2
 
 
-@pytest.mark.parametrize("argv,env", [
-    (["--inference-workers", "-1"], {}),
-    ([], {"SENTIMENT_INFERENCE_WORKERS": "-1"}),
+@pytest.mark.parametrize("argv,env,named", [
+    (["--inference-workers", "-1"], {}, "--inference-workers"),
+    ([], {"SENTIMENT_INFERENCE_WORKERS": "-1"}, "--inference-workers"),
+    (["--max-batch-tokens", "-5"], {}, "--max-batch-tokens"),
 ])
-def test_negative_inference_workers_exit_2_with_one_line(argv, env, capsys):
+def test_negative_auto_settings_exit_2_with_one_line(argv, env, named, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_config(argv, env=env)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--inference-workers" in err[0]
+    assert len(err) == 1 and named in err[0]
+
+
+def test_batch_tokens_default_to_auto():
+    assert parse_config([], env={}).max_batch_tokens == 0  # 0 = by device (server.app.batch_limits)
+    assert parse_config(["--max-batch-tokens", "1024"], env={}).max_batch_tokens == 1024
