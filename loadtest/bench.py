@@ -10,6 +10,8 @@
    runs is the ceiling; no HTTP, no queue;
 2. `python -m server` with dynamic batching: the highest open-loop (Poisson) request rate
    with p95 <= --sla-p95-ms and errors <= --max-error-rate, then p50/p95/p99 at 50% and 80%;
+2c. the server's batcher and inference workers in this process, with the server's settings,
+   without HTTP (loadtest/inprocess.py): splits 2's gap to 1 into queueing and HTTP;
 2b. the same server with one inference worker using every core (the layout before
    inference workers existed), same search;
 3. the same server with --max-batch-size 1 (batching off), same search;
@@ -44,10 +46,12 @@ from pathlib import Path  # noqa: E402
 
 from loadtest.bench_report import machine_info, write_report  # noqa: E402
 from loadtest.httpclient import LeanClient  # noqa: E402
+from loadtest.inprocess import InProcessServer  # noqa: E402
 from loadtest.openloop import (  # noqa: E402
-    capacity, closed_loop_throughput, next_rate, payloads, run_step, wait_for_quiet,
+    capacity, closed_loop, closed_loop_throughput, next_rate, open_loop_step, payloads, run_step, wait_for_quiet,
 )
 from loadtest.procs import ServedProcess, parse_cpus  # noqa: E402
+from server.config import parse_config as parse_server_config  # noqa: E402
 from loadtest.queueing import bound_fraction  # noqa: E402
 from loadtest.texts import DEFAULT_DATA_DIR, load_texts  # noqa: E402
 
@@ -75,12 +79,12 @@ _HELP = {
     "server_cpus": "pin served processes (and the ceiling) to these CPUs, e.g. 0 or 0-1 (default: no pinning)",
     "client_cpus": "pin the load generator to these CPUs (default: no pinning)",
     "server_args": "extra flags for python -m server, one quoted string",
-    "skip": "comma list of configurations to leave out: single_worker, batch1, torch",
+    "skip": "comma list of configurations to leave out: in_process, single_worker, batch1, torch",
     "output_dir": "where BENCHMARKS.md and benchmarks.json go",
     "log_dir": "where the served processes' logs go",
     "seed": "seed for review order and arrival times",
 }
-SKIPPABLE = ("single_worker", "batch1", "torch")
+SKIPPABLE = ("in_process", "single_worker", "batch1", "torch")
 QUICK = {"texts": 96, "duration_s": 4.0, "max_steps": 3, "probe_s": 2.0, "ceiling_s": 2.0, "quiet_wait_s": 5.0}
 
 
@@ -277,45 +281,70 @@ def _tight_loop(runner, batches: list[list[str]], streams: int, seconds: float) 
             "mean_tokens": totals["tokens"] / done, "padding_ratio": 1 - totals["tokens"] / totals["padded"]}
 
 
-async def search(name: str, proc: ServedProcess, bodies: list[bytes], config: BenchConfig,
-                 extra_fractions: tuple[float, ...] = ()) -> dict:
-    """Probe closed-loop throughput, then bisect the open-loop rate that meets the SLA."""
+async def search_served(name: str, proc: ServedProcess, bodies: list[bytes], config: BenchConfig,
+                        extra_fractions: tuple[float, ...] = ()) -> dict:
+    """`search` over HTTP against a served process."""
     async with LeanClient(proc.url) as client:
         requests = [client.build("POST", "/v1/predict", body) for body in bodies]
-        await closed_loop_throughput(client, requests, 4, min(2.0, config.probe_s))  # warm-up
-        bound = await closed_loop_throughput(client, requests, config.probe_concurrency, config.probe_s)
-        print(f"[{name}] closed-loop throughput ({config.probe_concurrency} clients): {bound:.1f} req/s", flush=True)
-        if bound <= 0:
-            return {"closed_loop_rps": 0.0, "capacity_rps": 0.0, "capacity_is_lower_bound": False,
-                    "at_capacity": None, "at_fraction": {}, "steps": [],
-                    "error": f"no successful answer in the closed-loop probe (see {proc.log_path})"}
-        history, steps, retries = [], [], [config.retries]
+        return await search(
+            name, config, extra_fractions, own_cpu=proc.cpu_seconds, where=f" (see {proc.log_path})",
+            probe=lambda n, seconds: closed_loop_throughput(client, requests, n, seconds),
+            step=lambda rate, seed: run_step(client, requests, rate, config.duration_s, seed=seed,
+                                             timeout_s=config.timeout_s, server_cpu=proc.cpu_seconds))
 
-        async def measure(rate: float, **tags) -> bool:
-            """One step at `rate`; a miss while other processes kept the CPUs busy is run again."""
-            while True:
-                await wait_for_quiet(config.max_other_cpu, config.quiet_wait_s, proc.cpu_seconds)
-                step = await run_step(client, requests, rate, config.duration_s, seed=config.seed + len(steps),
-                                      timeout_s=config.timeout_s, server_cpu=proc.cpu_seconds)
-                await asyncio.sleep(0.5)  # every answer is in; let the server settle before the next rate
-                ok = step.meets(config.sla_p95_ms, config.max_error_rate)
-                disturbed = not ok and retries[0] > 0 and (step.other_cpu_cores or 0.0) > config.max_other_cpu
-                steps.append({**step.to_dict(), "meets_sla": ok, "discarded": disturbed, **tags})
-                print(f"[{name}] {_describe(step)} -> {'meets' if ok else 'misses'} SLA"
-                      + (" (other processes busy: run again)" if disturbed else ""), flush=True)
-                if not disturbed:
-                    return ok
-                retries[0] -= 1
 
+async def search_in_process(name: str, server_config, texts: list[str], config: BenchConfig) -> dict:
+    """`search` over the server's batcher and workers in this process (configuration 2c)."""
+    target = InProcessServer(server_config, texts)
+    async with target:
+        start = target.start(config.timeout_s)
+        result = await search(
+            name, config, (),
+            probe=lambda n, seconds: closed_loop(start, len(texts), n, seconds),
+            step=lambda rate, seed: open_loop_step(start, len(texts), rate, config.duration_s, seed))
+    return {"model_info": target.info(), **result}
+
+
+async def search(name: str, config: BenchConfig, extra_fractions: tuple[float, ...], probe, step,
+                 own_cpu=None, where: str = "") -> dict:
+    """Probe closed-loop throughput, then bisect the open-loop rate that meets the SLA.
+
+    `probe(concurrency, seconds)` and `step(rate, seed)` are awaitables measuring the target;
+    `own_cpu` returns its CPU seconds when it is another process.
+    """
+    await probe(4, min(2.0, config.probe_s))  # warm-up
+    bound = await probe(config.probe_concurrency, config.probe_s)
+    print(f"[{name}] closed-loop throughput ({config.probe_concurrency} clients): {bound:.1f} req/s", flush=True)
+    if bound <= 0:
+        return {"closed_loop_rps": 0.0, "capacity_rps": 0.0, "capacity_is_lower_bound": False,
+                "at_capacity": None, "at_fraction": {}, "steps": [],
+                "error": f"no successful answer in the closed-loop probe{where}"}
+    history, steps, retries = [], [], [config.retries]
+
+    async def measure(rate: float, **tags) -> bool:
+        """One step at `rate`; a miss while other processes kept the CPUs busy is run again."""
+        while True:
+            await wait_for_quiet(config.max_other_cpu, config.quiet_wait_s, own_cpu)
+            result = await step(rate, config.seed + len(steps))
+            await asyncio.sleep(0.5)  # every answer is in; let the server settle before the next rate
+            ok = result.meets(config.sla_p95_ms, config.max_error_rate)
+            disturbed = not ok and retries[0] > 0 and (result.other_cpu_cores or 0.0) > config.max_other_cpu
+            steps.append({**result.to_dict(), "meets_sla": ok, "discarded": disturbed, **tags})
+            print(f"[{name}] {_describe(result)} -> {'meets' if ok else 'misses'} SLA"
+                  + (" (other processes busy: run again)" if disturbed else ""), flush=True)
+            if not disturbed:
+                return ok
+            retries[0] -= 1
+
+    rate = next_rate(history, start=0.7 * bound)
+    while rate is not None and len(history) < config.max_steps:
+        history.append((rate, await measure(rate)))
         rate = next_rate(history, start=0.7 * bound)
-        while rate is not None and len(history) < config.max_steps:
-            history.append((rate, await measure(rate)))
-            rate = next_rate(history, start=0.7 * bound)
-        cap = capacity(history)
-        at = {}
-        for fraction in extra_fractions if cap > 0 else ():
-            await measure(fraction * cap, fraction=fraction)
-            at[f"{fraction:.0%}"] = steps[-1]
+    cap = capacity(history)
+    at = {}
+    for fraction in extra_fractions if cap > 0 else ():
+        await measure(fraction * cap, fraction=fraction)
+        at[f"{fraction:.0%}"] = steps[-1]
     best = next((s for s in steps if s["rate"] == cap and not s["discarded"] and "fraction" not in s), None)
     # Out of steps before a rate failed: the true capacity is higher than the one reported.
     lower_bound = bool(history) and all(ok for _, ok in history)
@@ -369,9 +398,14 @@ def run(config: BenchConfig, argv: list[str]) -> int:
         with ServedProcess(cmd, config.log_dir / f"{name}.log", parse_cpus(config.server_cpus)) as proc:
             results[name] = {"command": shlex.join(cmd[1:] + ["--port", str(proc.port)]), "ready": proc.ready_body,
                              "model_info": proc.get_json("/v1/model") if name.startswith("server") else {},
-                             **asyncio.run(search(name, proc, bodies, config, fractions))}
+                             **asyncio.run(search_served(name, proc, bodies, config, fractions))}
         if name == "server":
             repeat_ceiling(config, texts, ceiling, "after the server's search")
+            if "in_process" not in config.skipped:
+                # The same settings as the served command line, parsed by the server's own parser.
+                served_config = parse_server_config(cmd[cmd.index("--model-dir"):])
+                results["in_process"] = {"command": "in this process: " + shlex.join(cmd[cmd.index("--model-dir"):]),
+                                         **asyncio.run(search_in_process("in_process", served_config, texts, config))}
     ceiling["queueing_bound"] = queueing_bound(ceiling, tokens, config.sla_p95_ms)
     info["load_average_end"] = os.getloadavg()
     from server.config import ServerConfig

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 TARGETS = {"capacity_vs_ceiling": 0.85, "vs_torch": 4.0}
-SERVED = ("server", "server_single_worker", "server_batch1", "torch_baseline")
+SERVED = ("server", "in_process", "server_single_worker", "server_batch1", "torch_baseline")
 
 
 def machine_info() -> dict:
@@ -75,6 +75,10 @@ def summarize(results: dict) -> dict:
     if bound and bound["fraction"] and out["capacity_vs_ceiling"] is not None:
         out["queueing_bound"] = bound["fraction"]
         out["capacity_vs_bound"] = out["capacity_vs_ceiling"] / bound["fraction"]
+    if results.get("in_process"):
+        alone = results["in_process"]["capacity_rps"]
+        out["in_process_vs_ceiling"] = alone / ceiling if ceiling else None
+        out["vs_in_process"] = server / alone if alone else None
     if results.get("server_single_worker"):
         one = results["server_single_worker"]["capacity_rps"]
         out["vs_single_worker"] = server / one if one else None
@@ -158,6 +162,9 @@ def render_markdown(r: dict) -> str:
         _row(f"2. server, dynamic batching ({_workers(r['server'])}, max batch {cfg['max_batch_size']} texts"
              + _batching(r["server"]) + ")", r["server"]),
     ]
+    if "in_process" in r:
+        lines.append(_row(f"2c. the server's batcher and workers in this process, no HTTP ({_workers(r['in_process'])}"
+                          + _batching(r["in_process"]) + ")", r["in_process"]))
     if "server_single_worker" in r:
         lines.append(_row(f"2b. server, dynamic batching, {_workers(r['server_single_worker'])}",
                           r["server_single_worker"]))
@@ -165,6 +172,10 @@ def render_markdown(r: dict) -> str:
         lines.append(_row("3. server, --max-batch-size 1", r["server_batch1"]))
     if "torch_baseline" in r:
         lines.append(_row("4. PyTorch eager, one request at a time", r["torch_baseline"]))
+    if "in_process" in r:
+        lines += ["", "2c runs in the benchmark's own process: each arrival is tokenized where it arrives and submitted to "
+                  "a real MicroBatcher running the real OnnxRunner with the server's settings (loadtest/inprocess.py). "
+                  "Its \"generator CPU\" is that whole process: batcher, workers and arrivals together."]
     lines += ["", "Ceiling by thread layout and batch size (texts/s, tokenization included, length-sorted "
               "batches; a stream is a thread running whole batches on the shared session, as an inference "
               "worker does):", ""]
@@ -196,6 +207,10 @@ def render_markdown(r: dict) -> str:
                             f"at p95 <= {qb['p95_ms']:g} ms", s["queueing_bound"], None, pct=True))
         lines.append(_ratio("2 / queueing bound: server capacity / what the ideal server reaches",
                             s["capacity_vs_bound"], None, pct=True))
+    if "in_process_vs_ceiling" in s:
+        lines.append(_ratio("2c / 1: batcher and workers without HTTP / ceiling", s["in_process_vs_ceiling"], None, pct=True))
+        lines.append(_ratio("2 / 2c: HTTP server / the same batcher and workers without HTTP", s["vs_in_process"], None,
+                            pct=True))
     if "vs_single_worker" in s:
         lines.append(_ratio("2 / 2b: inference workers / one worker on every core", s["vs_single_worker"], None))
     if "vs_batch1" in s:

@@ -18,11 +18,11 @@ import random
 import resource
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from loadtest.httpclient import HttpError, LeanClient
+from loadtest.httpclient import LeanClient
 
 MIN_REQUESTS = 40
 
@@ -74,21 +74,44 @@ def payloads(texts: Sequence[str]) -> list[bytes]:
     return [json.dumps({"text": t}).encode() for t in texts]
 
 
+# Starts request number k (an index into the step's items); its future resolves to a status
+# (200 = success) or raises (a timeout, a refused connection, a server-side exception).
+Start = Callable[[int], "asyncio.Future[int]"]
+
+
+def http_start(client: LeanClient, requests: Sequence[bytes], timeout_s: float) -> Start:
+    """Requests built by `client.build`, each with a `timeout_s` client timeout."""
+    def start(k: int) -> asyncio.Future:
+        return client.request(requests[k], timeout_s)
+    return start
+
+
 async def run_step(client: LeanClient, requests: Sequence[bytes], rate: float, duration_s: float, seed: int = 0,
                    timeout_s: float = 5.0, server_cpu=None) -> StepResult:
-    """Send Poisson arrivals at `rate`/s for `duration_s` and wait for every answer.
+    """Send Poisson arrivals at `rate`/s for `duration_s` over HTTP and wait for every answer.
 
-    `requests` are built by `client.build`. Bounded: about rate * duration_s requests,
-    each with a `timeout_s` client timeout. `server_cpu`, when given, is a zero-argument
-    callable returning the server's CPU seconds. Each arrival is a timer callback that
-    writes its request (no task, no sleep per request): the generator shares the CPUs
-    with the server, so what it spends per request is measured and kept small.
+    `requests` are built by `client.build`; each has a `timeout_s` client timeout.
+    `server_cpu`, when given, is a zero-argument callable returning the server's CPU seconds.
+    """
+    return await open_loop_step(http_start(client, requests, timeout_s), len(requests), rate, duration_s,
+                                seed, server_cpu, status_of=lambda answer: answer[0])
+
+
+async def open_loop_step(start: Start, items: int, rate: float, duration_s: float, seed: int = 0,
+                         server_cpu=None, status_of=lambda result: 200) -> StepResult:
+    """Poisson arrivals at `rate`/s for `duration_s`, each calling `start` on the next of
+    `items` (from a seeded offset); waits for every answer. `status_of` turns a future's
+    result into a status.
+
+    Bounded: about rate * duration_s requests. Each arrival is a timer callback (no task,
+    no sleep per request): the generator shares the CPUs with the server, so what it spends
+    per request is measured and kept small.
     """
     rng = random.Random(seed)
     # At low rates stretch the step (up to 3x) so its percentiles rest on enough requests.
     duration_s = min(max(duration_s, MIN_REQUESTS / rate), 3 * duration_s)
     arrivals = poisson_arrivals(rate, duration_s, rng)
-    offset = rng.randrange(len(requests))
+    offset = rng.randrange(items)
     loop = asyncio.get_running_loop()
     latencies = np.full(len(arrivals), np.nan)
     lags = np.zeros(len(arrivals))
@@ -100,7 +123,7 @@ async def run_step(client: LeanClient, requests: Sequence[bytes], rate: float, d
         latencies[i] = (loop.time() - due) * 1000.0
         exc = fut.exception()
         if exc is None:
-            status = fut.result()[0]
+            status = status_of(fut.result())
         else:
             status = "timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
         if status != 200:
@@ -111,13 +134,12 @@ async def run_step(client: LeanClient, requests: Sequence[bytes], rate: float, d
 
     def fire(i: int, due: float) -> None:
         lags[i] = loop.time() - due
-        client.request(requests[(offset + i) % len(requests)], timeout_s).add_done_callback(
-            functools.partial(answered, i, due))
+        start((offset + i) % items).add_done_callback(functools.partial(answered, i, due))
 
     cpu0, srv0, sys0, wall0 = (_cpu_seconds(), server_cpu() if server_cpu else None, _system_busy_seconds(),
                                time.perf_counter())
-    start = loop.time() + 0.05
-    timers = [loop.call_at(start + at, fire, i, start + at) for i, at in enumerate(arrivals)]
+    begin = loop.time() + 0.05
+    timers = [loop.call_at(begin + at, fire, i, begin + at) for i, at in enumerate(arrivals)]
     try:
         if arrivals:
             await finished
@@ -143,26 +165,32 @@ async def run_step(client: LeanClient, requests: Sequence[bytes], rate: float, d
 
 async def closed_loop_throughput(client: LeanClient, requests: Sequence[bytes], concurrency: int,
                                  duration_s: float, timeout_s: float = 10.0) -> float:
-    """Successful answers per second with `concurrency` clients sending back to back.
+    """Successful HTTP answers per second with `concurrency` clients sending back to back."""
+    return await closed_loop(http_start(client, requests, timeout_s), len(requests), concurrency, duration_s,
+                             status_of=lambda answer: answer[0])
 
-    Used only to bracket the open-loop search: the SLA-bound rate cannot exceed it.
-    """
+
+async def closed_loop(start: Start, items: int, concurrency: int, duration_s: float,
+                      status_of=lambda result: 200) -> float:
+    """Successes per second with `concurrency` callers starting the next item as soon as
+    their last one is answered. Used only to bracket the open-loop search: the SLA-bound
+    rate cannot exceed it."""
     loop = asyncio.get_running_loop()
     end = loop.time() + duration_s
     done = 0
     counter = iter(range(1 << 62))
 
-    async def one_client() -> None:
+    async def caller() -> None:
         nonlocal done
         while loop.time() < end:
             try:
-                status, _ = await client.request(requests[next(counter) % len(requests)], timeout_s)
-                done += status == 200
-            except (asyncio.TimeoutError, HttpError):
-                pass
+                result = await start(next(counter) % items)
+            except Exception:  # noqa: BLE001 - a failure is simply not a success here
+                continue
+            done += status_of(result) == 200  # after the await: `done += await ...` would lose updates
 
     t0 = loop.time()
-    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
     return done / (loop.time() - t0)
 
 

@@ -81,10 +81,16 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     assert entry["capacity_rps"] > 0, "the tiny model meets 200 ms at 70% of its closed-loop rate"
     assert set(entry["at_fraction"]) == {"50%", "80%"}
     assert "server_batch1" not in results and "torch_baseline" not in results and "server_single_worker" not in results
+    alone = results["in_process"]  # the same settings, no HTTP
+    assert alone["closed_loop_rps"] > 0 and len(alone["steps"]) == 2 and alone["capacity_rps"] > 0
+    assert alone["model_info"]["batching"]["inference_workers"] == 2 and alone["model_info"]["intra_op_threads"] == 1
+    assert alone["command"].startswith("in this process: --model-dir ")
+    assert results["summary"]["vs_in_process"] == entry["capacity_rps"] / alone["capacity_rps"]
     assert entry["model_info"]["batching"]["inference_workers"] == 2 and entry["model_info"]["intra_op_threads"] == 1
     md = (out / "BENCHMARKS.md").read_text()
     assert "Quick mode" in md and "2 / 1: server capacity / ceiling" in md and "2 / 4" not in md
     assert "2 inference workers x 1 thread" in md and "| 2 x 1 |" in md and "median of 3 runs (sweep " in md
+    assert "| 2c. the server's batcher and workers in this process" in md and "2 / 2c: HTTP server" in md
     assert results["command"].startswith("python -m loadtest.bench --model-dir ")
 
 
