@@ -18,7 +18,6 @@ import json
 import re
 import shlex
 import sys
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -78,10 +77,10 @@ async def _variant_round(config: CompareConfig, name: str, flags: str, bodies: l
             requests = [client.build("POST", "/v1/predict", body) for body in bodies]
             await run_step(client, requests, min(config.rates) / 2, 3.0, seed=config.seed)  # warm-up
             for rate in config.rates:
-                before = mean_batch_size(_get(proc.url + "/metrics"))
+                before = mean_batch_size(proc.get_text("/metrics"))
                 step = await run_step(client, requests, rate, config.duration_s, seed=config.seed + rnd * 1000 + int(rate),
                                       server_cpu=proc.cpu_seconds)
-                after = mean_batch_size(_get(proc.url + "/metrics"))
+                after = mean_batch_size(proc.get_text("/metrics"))
                 batches = after[1] - before[1]
                 cells.append({
                     "variant": name, "round": rnd + 1, "rate": rate, "p95_ms": step.p95_ms, "p50_ms": step.p50_ms,
@@ -92,11 +91,6 @@ async def _variant_round(config: CompareConfig, name: str, flags: str, bodies: l
                 })
                 await asyncio.sleep(0.5)
     return cells
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return resp.read().decode()
 
 
 def run(config: CompareConfig) -> list[dict]:

@@ -85,8 +85,12 @@ class ServedProcess:
 
     def get_json(self, path: str, timeout_s: float = 10.0) -> dict:
         """GET `path` (e.g. /v1/model) from the process and parse the JSON body."""
+        return json.loads(self.get_text(path, timeout_s))
+
+    def get_text(self, path: str, timeout_s: float = 10.0) -> str:
+        """GET `path` (e.g. /metrics) from the process: the body as text."""
         with urllib.request.urlopen(self.url + path, timeout=timeout_s) as resp:
-            return json.loads(resp.read())
+            return resp.read().decode()
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system, all threads) the process has used so far."""
