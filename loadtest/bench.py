@@ -51,9 +51,9 @@ from loadtest.openloop import (  # noqa: E402
     capacity, closed_loop, closed_loop_throughput, next_rate, open_loop_step, payloads, run_step, wait_for_quiet,
 )
 from loadtest.procs import ServedProcess, parse_cpus  # noqa: E402
-from server.config import parse_config as parse_server_config  # noqa: E402
 from loadtest.queueing import bound_fraction  # noqa: E402
 from loadtest.texts import DEFAULT_DATA_DIR, load_texts  # noqa: E402
+from server.config import parse_config as parse_server_config  # noqa: E402
 
 _HELP = {
     "model_dir": "exporter's model directory (served by configurations 1-3)",
@@ -177,7 +177,7 @@ def measure_ceiling(config: BenchConfig, texts: list[str], server_layout: tuple[
                 info = runner.info
             tokens = tokens or [len(ids) for ids in runner.encode(texts)]
             for size in ceiling_batch_sizes(config.max_batch_size):
-                entry = _ceiling_run(config, runner, texts, streams, size)
+                entry = _ceiling_run(config, runner, texts, tokens, streams, size)
                 entry.update(threads=threads)
                 results.append(entry)
                 print(f"[ceiling] {streams} stream(s) x {threads} thread(s), batch {size}: "
@@ -192,7 +192,7 @@ def measure_ceiling(config: BenchConfig, texts: list[str], server_layout: tuple[
             "mean_tokens": best["mean_tokens"], "measurements": results, "repeats": [], "runner": info}, tokens
 
 
-def repeat_ceiling(config: BenchConfig, texts: list[str], ceiling: dict, when: str) -> None:
+def repeat_ceiling(config: BenchConfig, texts: list[str], tokens: list[int], ceiling: dict, when: str) -> None:
     """Run the sweep's best configuration once more and make the ceiling the median of its runs.
 
     The sweep keeps the best of many single runs, and the largest of several noisy figures
@@ -206,7 +206,7 @@ def repeat_ceiling(config: BenchConfig, texts: list[str], ceiling: dict, when: s
     with _ceiling_affinity(config):
         runner = OnnxRunner(config.model_dir, intra_op_threads=layout["threads"])
         runner.warmup()
-        entry = _ceiling_run(config, runner, texts, layout["streams"], size)
+        entry = _ceiling_run(config, runner, texts, tokens, layout["streams"], size)
     entry.update(threads=layout["threads"], when=when)
     ceiling["repeats"].append(entry)
     runs = [ceiling["sweep_best_texts_per_s"], *(e["texts_per_s"] for e in ceiling["repeats"])]
@@ -225,9 +225,9 @@ def queueing_bound(ceiling: dict, tokens: list[int], p95_ms: float) -> dict:
     return {"fraction": fraction, "workers": streams, "p95_ms": p95_ms}
 
 
-def _ceiling_run(config: BenchConfig, runner, texts: list[str], streams: int, size: int) -> dict:
-    """One tight-loop run: length-sorted batches of `size`, shuffled, for ceiling_s seconds."""
-    order = sorted(range(len(texts)), key=lambda i: len(runner.encode([texts[i]])[0]))
+def _ceiling_run(config: BenchConfig, runner, texts: list[str], tokens: list[int], streams: int, size: int) -> dict:
+    """One tight-loop run: batches of `size` sorted by `tokens` (each text's), shuffled, for ceiling_s seconds."""
+    order = sorted(range(len(texts)), key=lambda i: tokens[i])
     batches = [[texts[i] for i in order[k:k + size]] for k in range(0, len(order), size)]
     random.Random(config.seed).shuffle(batches)
     asyncio.run(wait_for_quiet(config.max_other_cpu, config.quiet_wait_s))
@@ -394,13 +394,13 @@ def run(config: BenchConfig, argv: list[str]) -> int:
     config.log_dir.mkdir(parents=True, exist_ok=True)
     for name, cmd, fractions in targets:
         if name == "server":
-            repeat_ceiling(config, texts, ceiling, "before the server's search")
+            repeat_ceiling(config, texts, tokens, ceiling, "before the server's search")
         with ServedProcess(cmd, config.log_dir / f"{name}.log", parse_cpus(config.server_cpus)) as proc:
             results[name] = {"command": shlex.join(cmd[1:] + ["--port", str(proc.port)]), "ready": proc.ready_body,
                              "model_info": proc.get_json("/v1/model") if name.startswith("server") else {},
                              **asyncio.run(search_served(name, proc, bodies, config, fractions))}
         if name == "server":
-            repeat_ceiling(config, texts, ceiling, "after the server's search")
+            repeat_ceiling(config, texts, tokens, ceiling, "after the server's search")
             if "in_process" not in config.skipped:
                 # The same settings as the served command line, parsed by the server's own parser.
                 served_config = parse_server_config(cmd[cmd.index("--model-dir"):])

@@ -79,6 +79,11 @@ def payloads(texts: Sequence[str]) -> list[bytes]:
 Start = Callable[[int], "asyncio.Future[int]"]
 
 
+def http_status(answer: tuple[int, bytes]) -> int:
+    """The status of a LeanClient answer (status, body)."""
+    return answer[0]
+
+
 def http_start(client: LeanClient, requests: Sequence[bytes], timeout_s: float) -> Start:
     """Requests built by `client.build`, each with a `timeout_s` client timeout."""
     def start(k: int) -> asyncio.Future:
@@ -94,7 +99,7 @@ async def run_step(client: LeanClient, requests: Sequence[bytes], rate: float, d
     `server_cpu`, when given, is a zero-argument callable returning the server's CPU seconds.
     """
     return await open_loop_step(http_start(client, requests, timeout_s), len(requests), rate, duration_s,
-                                seed, server_cpu, status_of=lambda answer: answer[0])
+                                seed, server_cpu, status_of=http_status)
 
 
 async def open_loop_step(start: Start, items: int, rate: float, duration_s: float, seed: int = 0,
@@ -167,7 +172,7 @@ async def closed_loop_throughput(client: LeanClient, requests: Sequence[bytes], 
                                  duration_s: float, timeout_s: float = 10.0) -> float:
     """Successful HTTP answers per second with `concurrency` clients sending back to back."""
     return await closed_loop(http_start(client, requests, timeout_s), len(requests), concurrency, duration_s,
-                             status_of=lambda answer: answer[0])
+                             status_of=http_status)
 
 
 async def closed_loop(start: Start, items: int, concurrency: int, duration_s: float,
