@@ -171,7 +171,7 @@ def measure_ceiling(config: BenchConfig, texts: list[str], server_layout: tuple[
     results, info, tokens = [], {}, []
     with _ceiling_affinity(config):
         for streams, threads in ceiling_layouts(physical_cores(), server_layout):
-            runner = OnnxRunner(config.model_dir, intra_op_threads=threads)
+            runner = OnnxRunner(config.model_dir, intra_op_threads=threads, max_batch_size=config.max_batch_size)
             runner.warmup()
             if (streams, threads) == server_layout:  # always among the layouts
                 info = runner.info
@@ -204,7 +204,7 @@ def repeat_ceiling(config: BenchConfig, texts: list[str], tokens: list[int], cei
 
     layout, size = ceiling["best_layout"], ceiling["best_batch_size"]
     with _ceiling_affinity(config):
-        runner = OnnxRunner(config.model_dir, intra_op_threads=layout["threads"])
+        runner = OnnxRunner(config.model_dir, intra_op_threads=layout["threads"], max_batch_size=config.max_batch_size)
         runner.warmup()
         entry = _ceiling_run(config, runner, texts, tokens, layout["streams"], size)
     entry.update(threads=layout["threads"], when=when)
@@ -365,10 +365,11 @@ def run(config: BenchConfig, argv: list[str]) -> int:
     info = machine_info()
     print(f"bench: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
           f"{info['logical_cpus']} CPUs", flush=True)
-    from server.runner import physical_cores, thread_layout
+    from server.runner import model_on_gpu, physical_cores, thread_layout
 
     cores = physical_cores()
-    workers, threads = thread_layout(config.inference_workers, config.intra_op_threads)
+    # The layout the server picks by default for this model (one worker on a GPU).
+    workers, threads = thread_layout(config.inference_workers, config.intra_op_threads, model_on_gpu(config.model_dir))
     ceiling, tokens = measure_ceiling(config, texts, (workers, threads))
     best = ceiling["best_layout"]
     print(f"[ceiling] sweep: {ceiling['texts_per_s']:.1f} texts/s at best ({best['streams']} stream(s) x "

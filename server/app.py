@@ -13,7 +13,7 @@ from server.config import ServerConfig
 from server.errors import error_middleware
 from server.metrics import Metrics
 from server.openapi import openapi_handler
-from server.runner import OnnxRunner, Runner, thread_layout
+from server.runner import OnnxRunner, Runner, model_on_gpu, thread_layout
 from server.state import BATCHER, CONFIG, METRICS, RUNNER, STATE, ServerState
 
 log = logging.getLogger("server.app")
@@ -41,9 +41,10 @@ def create_app(config: ServerConfig, runner: Runner | None = None, metrics: Metr
 
 def load_runner(config: ServerConfig) -> OnnxRunner:
     """The model directory's runner, with the cores split among the inference workers."""
-    workers, intra = thread_layout(config.inference_workers, config.intra_op_threads)
+    workers, intra = thread_layout(config.inference_workers, config.intra_op_threads, model_on_gpu(config.model_dir))
     return OnnxRunner(config.model_dir, intra, config.inter_op_threads, config.truncate,
-                      sessions=workers if intra > 1 else 1)
+                      sessions=workers if intra > 1 else 1, shape_bucket=config.shape_bucket,
+                      max_batch_size=config.max_batch_size)
 
 
 CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 256, 8192
@@ -60,13 +61,8 @@ def batch_limits(config: ServerConfig, runner: Runner) -> BatchLimits:
 
 
 def inference_workers(config: ServerConfig, runner: Runner) -> int:
-    """--inference-workers, or by default one per core on CPU and one on a GPU (its runs
-    share one CUDA stream, so more workers add no overlap: Triton's default too)."""
-    if config.inference_workers:
-        return config.inference_workers
-    if _on_gpu(runner):
-        return 1
-    return thread_layout()[0]  # one per physical core
+    """--inference-workers, or by default one per core on CPU and one on a GPU."""
+    return thread_layout(config.inference_workers, gpu=_on_gpu(runner))[0]
 
 
 async def _model_ctx(app: web.Application):

@@ -31,6 +31,8 @@ _HELP = {
     "inference_workers": "inference threads, each running one batch at a time; 0 = physical cores (1 on a GPU)",
     "intra_op_threads": "ONNX Runtime threads per batch; 0 = physical cores / inference workers (at least 1)",
     "inter_op_threads": "ONNX Runtime inter-op threads (graph is sequential: 1 is enough)",
+    "shape_bucket": "pad each batch's width up to a multiple of this many tokens and its size up to a power of two, "
+                    "and run all such shapes at start-up (0: 32 on a GPU, off on CPU; 1: off)",
     "drain_timeout_s": "on SIGTERM/SIGINT, longest wait for accepted requests before exiting",
     "log_level": "log level: " + ", ".join(LOG_LEVELS),
 }
@@ -70,6 +72,9 @@ class ServerConfig:
     # is a few percent of the work (~1 ms per review against ~20 ms of inference).
     intra_op_threads: int = 0
     inter_op_threads: int = 1
+    # 0 = by device (server.runner): a GPU's first run of a shape is ~40x slower than later ones,
+    # while on CPU a padded token costs what a real one does, so buckets only pay on a GPU.
+    shape_bucket: int = 0
     drain_timeout_s: float = 10.0
     log_level: str = "info"
 
@@ -78,7 +83,7 @@ class ServerConfig:
         positive = ("port", "max_batch_size", "max_queue", "request_timeout_ms",
                     "max_text_chars", "max_texts_per_request", "max_body_bytes", "inter_op_threads",
                     "drain_timeout_s")
-        for name in ("inference_workers", "max_batch_tokens"):
+        for name in ("inference_workers", "max_batch_tokens", "shape_bucket"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in positive:

@@ -18,6 +18,10 @@ from server.tokenization import TextEncoder, TruncationConfig, pad_batch
 MODEL_FILES = ("model.onnx", "tokenizer.json", "config.json")
 # No truncation mode: encode everything, then refuse texts over max_length.
 _NO_LIMIT = 1 << 30
+# On a GPU each new input shape costs a first run ~40x its later runs (measured on an H200:
+# 19 ms against 0.5 ms, docs/RESULTS.md), and a dynamic batcher makes a new (size, width)
+# nearly every batch. So by default GPU batches are padded to a few shapes, all run at start-up.
+GPU_SHAPE_BUCKET = 32
 
 
 class ModelDirError(Exception):
@@ -72,10 +76,12 @@ def _cgroup_cpu_quota() -> float | None:
         return None
 
 
-def thread_layout(inference_workers: int = 0, intra_op_threads: int = 0) -> tuple[int, int]:
-    """(inference workers, ONNX Runtime threads per run) with 0s resolved from physical cores."""
+def thread_layout(inference_workers: int = 0, intra_op_threads: int = 0, gpu: bool = False) -> tuple[int, int]:
+    """(inference workers, ONNX Runtime threads per run) with 0s resolved: one worker per
+    physical core on CPU, one on a GPU (its runs share one CUDA stream, so more workers add
+    no overlap: Triton's default too), and the cores split among the workers."""
     cores = physical_cores()
-    workers = inference_workers or cores
+    workers = inference_workers or (1 if gpu else cores)
     return workers, intra_op_threads or max(1, cores // workers)
 
 
@@ -107,7 +113,8 @@ class OnnxRunner:
     """Tokenizes with the shared TextEncoder and runs the ONNX graph; returns softmax probabilities."""
 
     def __init__(self, model_dir: str | Path, intra_op_threads: int = 0, inter_op_threads: int = 1,
-                 truncate: bool = True, sessions: int = 1) -> None:
+                 truncate: bool = True, sessions: int = 1, shape_bucket: int = 0,
+                 max_batch_size: int = 32) -> None:
         import onnxruntime as ort
 
         model_dir = Path(model_dir)
@@ -132,9 +139,7 @@ class OnnxRunner:
         # Idle ORT threads otherwise spin for a while after each run, stealing the cores the
         # event loop and the tokenizer thread need between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if serving.get("target") == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda_wanted(serving) else ["CPUExecutionProvider"]
         # `run` is thread-safe, but a session has one intra-op pool that concurrent runs share:
         # workers that each want their own threads need their own session (weights loaded once
         # per session; ~23 MB for int8 MiniLM). Single-threaded runs compute on the caller's
@@ -151,6 +156,10 @@ class OnnxRunner:
             self._sessions = queue.SimpleQueue()
             for session in all_sessions:
                 self._sessions.put(session)
+        on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        # 1 = off: pad each batch to its longest text only.
+        self.shape_bucket = shape_bucket or (GPU_SHAPE_BUCKET if on_gpu else 1)
+        self.max_batch_size = max_batch_size
         self.input_names = {i.name for i in self.session.get_inputs()}
         self._output = self.session.get_outputs()[0].name
         self.info = {
@@ -167,6 +176,7 @@ class OnnxRunner:
             "intra_op_threads": self.intra_op_threads,
             "sessions": len(all_sessions),
             "inter_op_threads": inter_op_threads,
+            "shape_bucket": self.shape_bucket,
             "parity": parity_summary(report),
         }
 
@@ -174,26 +184,53 @@ class OnnxRunner:
         return self.encoder.encode_batch(texts)
 
     def predict(self, seqs: list[np.ndarray]) -> np.ndarray:
-        ids, mask = pad_batch(seqs, self.encoder.pad_id)
+        if self.shape_bucket > 1:
+            rows = 1 << (len(seqs) - 1).bit_length()  # next power of two
+            ids, mask = pad_batch(seqs, self.encoder.pad_id, self.shape_bucket, rows, self.max_length)
+        else:
+            ids, mask = pad_batch(seqs, self.encoder.pad_id)
         feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(ids)
         if self._sessions is None:
             (logits,) = self.session.run([self._output], feed)
-            return softmax(logits)
-        session = self._sessions.get()  # never waits with sessions >= concurrent callers
-        try:
-            (logits,) = session.run([self._output], feed)
-        finally:
-            self._sessions.put(session)
-        return softmax(logits)
+        else:
+            session = self._sessions.get()  # never waits with sessions >= concurrent callers
+            try:
+                (logits,) = session.run([self._output], feed)
+            finally:
+                self._sessions.put(session)
+        return softmax(logits[: len(seqs)])
+
+    def warmup_shapes(self) -> list[tuple[int, int]]:
+        """(batch size, width) pairs run by `warmup`: with shape buckets, every shape a batch of
+        up to max_batch_size texts can take; else a few, for lazy initialisation."""
+        if self.shape_bucket <= 1:
+            return [(1, 8), (4, 32), (2, self.max_length)]
+        sizes = [1 << k for k in range((self.max_batch_size - 1).bit_length() + 1)]
+        widths = sorted({min(w, self.max_length)
+                         for w in range(self.shape_bucket, self.max_length + self.shape_bucket, self.shape_bucket)})
+        return [(size, width) for size in sizes for width in widths]
 
     def warmup(self) -> None:
-        """Run a few shapes so the first real request does not pay for lazy initialisation."""
-        for batch, length in ((1, 8), (4, 32), (2, self.max_length)):
+        """Run the shapes of `warmup_shapes` so that no request pays for a first run."""
+        for batch, length in self.warmup_shapes():
             seq = np.full(length, self.encoder.pad_id, dtype=np.int64)
             seq[0], seq[-1] = self.encoder.cls_id, self.encoder.sep_id
             self.predict([seq] * batch)
+
+
+def cuda_wanted(serving: dict) -> bool:
+    """A model directory's graph goes on the GPU when it was exported for one (`serving`
+    block of its config.json) and this ONNX Runtime has the CUDA provider."""
+    import onnxruntime as ort
+
+    return serving.get("target") == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def model_on_gpu(model_dir: str | Path) -> bool:
+    """Whether OnnxRunner will run this model directory on the GPU (ModelDirError if broken)."""
+    return cuda_wanted(read_model_dir(Path(model_dir))[0].get("serving", {}))
 
 
 def parity_summary(report: dict) -> dict:

@@ -128,16 +128,26 @@ class TextEncoder:
         tok.save(str(path))
 
 
-def pad_batch(seqs: Iterable[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(seqs: Iterable[np.ndarray], pad_id: int, width_multiple: int = 1, rows: int = 0,
+              max_width: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pad to the longest sequence of this batch (not max_length): review lengths vary
-    tenfold, so padding every batch to max_length wastes most of the work."""
+    tenfold, so padding every batch to max_length wastes most of the work.
+
+    Shape buckets (for a GPU): the width is rounded up to a multiple of `width_multiple`, but
+    not past `max_width` (when given and the longest fits in it), and a batch of fewer than
+    `rows` sequences is filled up with copies of its first row (the caller drops their outputs).
+    """
     seqs = list(seqs)
-    width = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    longest = max(len(s) for s in seqs)
+    width = -(-longest // width_multiple) * width_multiple
+    if max_width and longest <= max_width:
+        width = min(width, max_width)
+    ids = np.full((max(rows, len(seqs)), width), pad_id, dtype=np.int64)
+    mask = np.zeros((max(rows, len(seqs)), width), dtype=np.int64)
     for row, seq in enumerate(seqs):
         ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
+    ids[len(seqs):], mask[len(seqs):] = ids[0], mask[0]
     return ids, mask
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import server.runner as runner_module
-from server.runner import ModelDirError, OnnxRunner, physical_cores, softmax, thread_layout
+from server.runner import ModelDirError, OnnxRunner, model_on_gpu, physical_cores, softmax, thread_layout
+from server.tokenization import pad_batch
 
 
 def test_runner_reads_the_model_directory(tiny_model_dir):
@@ -69,6 +70,24 @@ def test_thread_layout_zero_fills_the_physical_cores():
 def test_thread_layout_splits_cores_among_workers(monkeypatch, workers, intra, expected):
     monkeypatch.setattr(runner_module, "physical_cores", lambda: 8)
     assert thread_layout(workers, intra) == expected
+    if workers:  # explicit workers are kept on a GPU too; by default a GPU gets one
+        assert thread_layout(workers, intra, gpu=True) == expected
+    else:
+        assert thread_layout(workers, intra, gpu=True) == (1, intra or 8)
+
+
+def test_model_on_gpu_follows_the_export_target_and_the_providers(tiny_model_dir, tmp_path):
+    import onnxruntime as ort
+
+    assert model_on_gpu(tiny_model_dir) is False  # exported for CPU
+    gpu_dir = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, gpu_dir)
+    config = json.loads((gpu_dir / "config.json").read_text())
+    config["serving"]["target"] = "gpu"
+    (gpu_dir / "config.json").write_text(json.dumps(config))
+    assert model_on_gpu(gpu_dir) is ("CUDAExecutionProvider" in ort.get_available_providers())
+    with pytest.raises(ModelDirError, match="does not exist"):
+        model_on_gpu(tmp_path / "missing")
 
 
 def test_load_runner_gives_each_worker_its_share_of_threads(tiny_model_dir, monkeypatch):
@@ -127,3 +146,59 @@ def test_batch_token_budget_by_device():
 def test_softmax_is_stable():
     probs = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
     assert np.allclose(probs, [[1, 0], [0.5, 0.5]])
+
+
+@pytest.fixture(scope="module")
+def tiny_fp32_model_dir(tiny_checkpoint, tmp_path_factory):
+    """fp32 export of the tiny checkpoint: int8 dynamic quantization moves a text's output
+    with its batch-mates' padding, which would hide what shape buckets change."""
+    from exporter.__main__ import main as export_main
+
+    out = tmp_path_factory.mktemp("fp32") / "model"
+    assert export_main(["--checkpoint", str(tiny_checkpoint), "--output-dir", str(out), "--quantize", "none",
+                        "--eval-samples", "8", "--max-accuracy-drop", "100", "--min-agreement", "0"]) == 0
+    return out
+
+
+class ShapeRecorder:
+    """Wraps a real session and notes the input shapes it was run on."""
+
+    def __init__(self, session):
+        self.session, self.shapes = session, []
+
+    def run(self, outputs, feed):
+        self.shapes.append(feed["input_ids"].shape)
+        return self.session.run(outputs, feed)
+
+
+def test_shape_buckets_pad_batches_to_few_shapes_with_the_same_answers(tiny_fp32_model_dir, reviews):
+    plain = OnnxRunner(tiny_fp32_model_dir, intra_op_threads=1)
+    assert plain.shape_bucket == 1 and plain.info["shape_bucket"] == 1  # CPU default: off
+    bucketed = OnnxRunner(tiny_fp32_model_dir, intra_op_threads=1, shape_bucket=16, max_batch_size=8)
+    bucketed.session = recorder = ShapeRecorder(bucketed.session)
+    seqs = plain.encode([text for text, _ in reviews[:5]])
+    assert max(len(s) for s in seqs) < 64 and len({len(s) for s in seqs}) > 1
+    probs = bucketed.predict(seqs)
+    assert probs.shape == (5, 2)
+    np.testing.assert_allclose(probs, plain.predict(seqs), atol=1e-5)  # padding is masked, copies dropped
+    width = -(-max(len(s) for s in seqs) // 16) * 16
+    assert recorder.shapes == [(8, width)]
+    bucketed.predict(seqs[:1])
+    assert recorder.shapes[-1] == (1, -(-len(seqs[0]) // 16) * 16)
+
+    shapes = [(size, width) for size in (1, 2, 4, 8) for width in (16, 32, 48, 64)]
+    assert bucketed.warmup_shapes() == shapes
+    recorder.shapes.clear()
+    bucketed.warmup()
+    assert recorder.shapes == shapes  # every shape a batch can take has run before any request
+
+
+def test_pad_batch_rounds_the_width_and_fills_rows_with_copies():
+    seqs = [np.array([101, 5, 6, 7, 102]), np.array([101, 8, 102])]
+    ids, mask = pad_batch(seqs, 0)
+    assert ids.shape == (2, 5) and mask.sum(axis=1).tolist() == [5, 3] and ids[1, 3:].tolist() == [0, 0]
+    ids, mask = pad_batch(seqs, 0, width_multiple=4, rows=4)
+    assert ids.shape == (4, 8) and mask.sum(axis=1).tolist() == [5, 3, 5, 5]
+    assert (ids[2:] == ids[0]).all()  # filler rows copy a real one: no all-masked row
+    assert pad_batch(seqs, 0, width_multiple=4, max_width=6)[0].shape == (2, 6)  # not past max_length
+    assert pad_batch(seqs, 0, width_multiple=4, max_width=4)[0].shape == (2, 8)  # longest over it: not cut

@@ -64,6 +64,7 @@ def test_inference_workers_from_flag_or_environment():
     (["--inference-workers", "-1"], {}, "--inference-workers"),
     ([], {"SENTIMENT_INFERENCE_WORKERS": "-1"}, "--inference-workers"),
     (["--max-batch-tokens", "-5"], {}, "--max-batch-tokens"),
+    (["--shape-bucket", "-1"], {}, "--shape-bucket"),
 ])
 def test_negative_auto_settings_exit_2_with_one_line(argv, env, named, capsys):
     with pytest.raises(SystemExit) as exc:
