@@ -100,7 +100,11 @@ async def test_sigterm_under_load_answers_every_accepted_request(tiny_model_dir,
                     outcomes.append((what, time.monotonic()))
 
             users = [asyncio.ensure_future(user(i)) for i in range(16)]
-            await asyncio.sleep(0.6)
+            # SIGTERM once the server is visibly busy (a fixed sleep was too short on a loaded box).
+            deadline = time.monotonic() + 10
+            while sum(what == "200" for what, _ in outcomes) < 32 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
             term_at = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(proc.wait, 10)
