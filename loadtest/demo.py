@@ -19,8 +19,6 @@ import json
 import os
 import random
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +27,8 @@ import urllib.request
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
+
+from loadtest.procs import ServedProcess
 
 SAMPLE_REVIEWS = [  # used when the dataset is not available (e.g. a model dir brought from elsewhere)
     ("A charming, funny film with a wonderful cast. I would happily watch it again.", 1),
@@ -144,21 +144,15 @@ def export_command(cfg: DemoConfig) -> list[str]:
             "--eval-samples", str(cfg.eval_samples)]
 
 
-def server_command(cfg: DemoConfig, port: int) -> list[str]:
-    return [sys.executable, "-m", "server", "--model-dir", str(cfg.model_dir), "--host", cfg.host,
-            "--port", str(port)]
+def server_command(cfg: DemoConfig) -> list[str]:
+    """Without --port: ServedProcess adds it (cfg.port, or a free one)."""
+    return [sys.executable, "-m", "server", "--model-dir", str(cfg.model_dir), "--host", cfg.host]
 
 
 def loadtest_command(cfg: DemoConfig, url: str) -> list[str]:
     return [sys.executable, "-m", "loadtest", "--host", url, "--users", str(cfg.users),
             "--spawn-rate", str(cfg.users), "--run-time", cfg.run_time, "--sla-p95-ms", f"{cfg.sla_p95_ms:g}",
             "--report-dir", str(cfg.report_dir / "loadtest")]
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- HTTP helpers (stdlib only)
@@ -171,22 +165,6 @@ def http_json(url: str, payload: dict | None = None, timeout: float = 10.0) -> t
             return r.status, json.load(r)
     except urllib.error.HTTPError as e:
         return e.code, json.load(e)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> float:
-    """Seconds until /readyz said 200; raises if the server died or never got ready."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if proc.poll() is not None:
-            raise StepError(f"the server exited with status {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return time.monotonic() - start
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise StepError(f"the server was not ready after {timeout_s:g} s")
 
 
 _SAMPLE = re.compile(r"^(sentiment_[a-z_]+)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$")
@@ -289,7 +267,7 @@ def run(cfg: DemoConfig) -> int:
     build_model = cfg.force or not has_model(cfg.model_dir)
     total = 7
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
-    server: subprocess.Popen | None = None
+    server: ServedProcess | None = None
     url = ""
     sla_code = 0
     demo.say(f"demo: {'train + export + ' if build_model else ''}serve + query + load test; "
@@ -337,19 +315,17 @@ def run(cfg: DemoConfig) -> int:
             nonlocal server, url
             if not has_model(cfg.model_dir):
                 raise StepError(f"no model in {cfg.model_dir}")
-            port = cfg.port or free_port(cfg.host)
-            url = f"http://{cfg.host}:{port}"
             log_path = cfg.report_dir / "server.log"
-            cmd = server_command(cfg, port)
-            demo.say("$ " + " ".join(_shorten(c) for c in cmd) + f"   (log: {log_path})")
-            with open(log_path, "w") as log:
-                server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            candidate = ServedProcess(server_command(cfg), log_path, ready_timeout_s=cfg.ready_timeout_s,
+                                      host=cfg.host, port=cfg.port)
+            demo.say("$ " + " ".join(_shorten(c) for c in candidate.cmd) + f"   (log: {log_path})")
             try:
-                ready_s = wait_ready(url, server, cfg.ready_timeout_s)
-            except StepError:
+                server = candidate.__enter__()  # stopped by _finish, after the steps that use it
+            except RuntimeError as exc:
                 demo.say("server log (last lines):\n" + _tail(log_path, 15))
-                raise
-            return f"{url} ready after {ready_s:.1f} s"
+                raise StepError(str(exc)) from None
+            url = server.url
+            return f"{url} ready after {server.ready_s:.1f} s"
 
         demo.step(4, total, "serve", f"start the server on {cfg.model_dir}", serve)
 
@@ -389,8 +365,7 @@ def run(cfg: DemoConfig) -> int:
             if proc.returncode == 2:
                 raise StepError(f"the load test could not run: {verdict}")
             sla_code = proc.returncode
-            with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-                summary = server_summary(r.read().decode())
+            summary = server_summary(server.get_text("/metrics"))
             if summary.get("batches"):
                 demo.notes["server batching"] = (
                     f"{summary['texts']:.0f} texts in {summary['batches']:.0f} batches, mean batch size "
@@ -407,22 +382,10 @@ def run(cfg: DemoConfig) -> int:
     return _finish(demo, server, started, 1 if sla_code else 0)
 
 
-def stop_server(server: subprocess.Popen, timeout_s: float = 20.0) -> tuple[int | None, float]:
-    start = time.monotonic()
-    server.send_signal(signal.SIGTERM)
-    try:
-        code = server.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-        code = None
-    return code, time.monotonic() - start
-
-
-def _finish(demo: Demo, server: subprocess.Popen | None, started: float, code: int) -> int:
-    if server is not None and server.poll() is None:
+def _finish(demo: Demo, server: ServedProcess | None, started: float, code: int) -> int:
+    if server is not None and server.running:
         def stop() -> str:
-            status, seconds = stop_server(server)
+            status, seconds = server.stop(timeout_s=20.0)
             if status != 0:
                 raise StepError(f"the server exited with {status} after SIGTERM (killed after {seconds:.1f} s)")
             return f"drained and exited 0 in {seconds:.1f} s"

@@ -26,24 +26,26 @@ def parse_cpus(text: str) -> set[int]:
     return cpus
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class ServedProcess:
-    """`cmd` plus `--port P`, started on enter, ready when GET /readyz answers 200."""
+    """`cmd` plus `--port P` (a free one unless given), started on enter, ready when GET
+    /readyz on `host` answers 200."""
 
     def __init__(self, cmd: Sequence[str], log_path: Path, cpus: set[int] | None = None,
-                 ready_timeout_s: float = 180.0) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+                 ready_timeout_s: float = 180.0, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.port = port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self.cmd = [*cmd, "--port", str(self.port)]
         self.log_path = Path(log_path)
         self.cpus = cpus or set()
         self.ready_timeout_s = ready_timeout_s
         self.ready_body: dict = {}
+        self.ready_s = 0.0  # seconds from start to ready
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "ServedProcess":
@@ -64,8 +66,13 @@ class ServedProcess:
     def __exit__(self, *_exc) -> None:
         self.stop()
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
+        start = time.monotonic()
+        deadline = start + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.cmd[2]} exited with status {self.proc.returncode} before it was ready: "
@@ -77,6 +84,7 @@ class ServedProcess:
                             self.ready_body = json.loads(resp.read() or b"{}")
                         except ValueError:
                             self.ready_body = {}
+                        self.ready_s = time.monotonic() - start
                         return
             except (urllib.error.URLError, OSError):
                 pass
@@ -98,15 +106,19 @@ class ServedProcess:
             fields = fh.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
+    def stop(self, timeout_s: float = 15.0) -> tuple[int | None, float]:
+        """SIGTERM, then kill after `timeout_s`: (exit status, None if killed; seconds taken)."""
+        start = time.monotonic()
+        if not self.running:
+            return (None if self.proc is None else self.proc.returncode), 0.0
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=timeout_s)
+            code = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            code = None
+        return code, time.monotonic() - start
 
     def _log_tail(self) -> str:
         try:

@@ -13,6 +13,7 @@ import pytest
 
 from loadtest import demo
 from loadtest.demo import DemoConfig
+from loadtest.procs import ServedProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,7 @@ def test_train_command_is_accepted_by_the_trainer():
     assert train_cfg.output_dir == "artifacts/checkpoint"
 
 
-def test_export_server_and_loadtest_commands_are_accepted():
+def test_export_server_and_loadtest_commands_are_accepted(tmp_path):
     from exporter.config import parse_config as export_config
     from loadtest.__main__ import LoadtestConfig, build_parser
     from server.config import parse_config as server_config
@@ -55,7 +56,8 @@ def test_export_server_and_loadtest_commands_are_accepted():
     cfg = DemoConfig()
     exp = export_config(demo.export_command(cfg)[3:])
     assert exp.resolved_quantization == "int8" and exp.min_agreement == 0.98  # the default gate applies
-    srv = server_config(demo.server_command(cfg, 8123)[3:], env={})
+    served = ServedProcess(demo.server_command(cfg), tmp_path / "server.log", port=8123)  # not started
+    srv = server_config(served.cmd[3:], env={})
     assert (srv.port, srv.host, srv.model_dir) == (8123, "127.0.0.1", Path("artifacts/model"))
     args = build_parser().parse_args(demo.loadtest_command(cfg, "http://127.0.0.1:8123")[3:])
     lt = LoadtestConfig(**{k: v for k, v in vars(args).items() if k != "locust_args"})
