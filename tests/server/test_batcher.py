@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -368,3 +369,20 @@ async def test_stop_waits_for_every_running_batch(finishes_first):
     with pytest.raises(ShuttingDown):
         await queued[0]
     assert model.batches == [[1], [2]]
+
+
+async def test_a_free_worker_takes_the_next_batch_while_the_event_loop_is_blocked(make_batcher):
+    model = Tickets()
+    batcher = await make_batcher(BatchLimits(1, 1000, 0.0), model=model)
+    futures = batcher.submit([seq(1), seq(2)], far())
+    assert await model.running(1)
+    model.release(1)
+    # The loop thread is held here (as on a busy CPU, where it waits for a core): the worker
+    # must start the queued batch on its own, not wait for the loop to dispatch it.
+    deadline = time.monotonic() + 2
+    while model.batches != [[1], [2]] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert model.batches == [[1], [2]]
+    model.release()
+    results = await asyncio.gather(*futures)
+    assert [round(float(r.probabilities[1]) * 100) for r in results] == [1, 2]
