@@ -13,7 +13,7 @@ from server.config import ServerConfig
 from server.errors import error_middleware
 from server.metrics import Metrics
 from server.openapi import openapi_handler
-from server.runner import OnnxRunner, Runner, model_on_gpu, thread_layout
+from server.runner import OnnxRunner, Runner, model_on_gpu, thread_layout, uses_cuda
 from server.state import BATCHER, CONFIG, METRICS, RUNNER, STATE, ServerState
 
 log = logging.getLogger("server.app")
@@ -51,7 +51,7 @@ CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 256, 8192
 
 
 def _on_gpu(runner: Runner) -> bool:
-    return "CUDAExecutionProvider" in runner.info.get("providers", ())
+    return uses_cuda(runner.info.get("providers", ()))
 
 
 def batch_limits(config: ServerConfig, runner: Runner) -> BatchLimits:

@@ -243,11 +243,11 @@ class MicroBatcher:
             while True:
                 if self._stopping:
                     return None
-                self._drop_dead(time.monotonic())
+                now = time.monotonic()
+                self._drop_dead(now)
                 if not self._pending:
                     self._cond.wait()
                     continue
-                now = time.monotonic()
                 delay = dispatch_delay(len(self._pending), max(e.tokens for e in self._pending),
                                        now - self._pending[0].arrival, True, self.limits)
                 if delay == 0.0:

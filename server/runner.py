@@ -156,9 +156,8 @@ class OnnxRunner:
             self._sessions = queue.SimpleQueue()
             for session in all_sessions:
                 self._sessions.put(session)
-        on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
         # 1 = off: pad each batch to its longest text only.
-        self.shape_bucket = shape_bucket or (GPU_SHAPE_BUCKET if on_gpu else 1)
+        self.shape_bucket = shape_bucket or (GPU_SHAPE_BUCKET if uses_cuda(self.session.get_providers()) else 1)
         self.max_batch_size = max_batch_size
         self.input_names = {i.name for i in self.session.get_inputs()}
         self._output = self.session.get_outputs()[0].name
@@ -218,6 +217,11 @@ class OnnxRunner:
             seq = np.full(length, self.encoder.pad_id, dtype=np.int64)
             seq[0], seq[-1] = self.encoder.cls_id, self.encoder.sep_id
             self.predict([seq] * batch)
+
+
+def uses_cuda(providers) -> bool:
+    """Whether a session with these providers (as ONNX Runtime lists them) runs on the GPU."""
+    return "CUDAExecutionProvider" in providers
 
 
 def cuda_wanted(serving: dict) -> bool:
