@@ -89,11 +89,14 @@ def dispatch_delay(n_pending: int, longest: int, oldest_wait_s: float, worker_id
     """Seconds until the next batch should start: 0 = now, None = wait for an event.
 
     Nothing is dispatched while every worker is busy: the batch keeps growing for free
-    instead of queueing behind the running ones in the executor.
+    instead of queueing behind the running ones in the executor. A batch is full when no
+    further text could join it: any newcomer pads to at least `longest`, so once one more
+    text of that width would pass the token budget, waiting only idles a worker (on CPU,
+    with a budget of 256, that is every text over 128 tokens).
     """
     if n_pending == 0 or not worker_idle:
         return None
-    full = n_pending >= limits.max_batch_size or n_pending * longest >= limits.max_batch_tokens
+    full = n_pending >= limits.max_batch_size or (n_pending + 1) * longest > limits.max_batch_tokens
     if full:
         return 0.0
     return max(0.0, limits.max_wait_s - oldest_wait_s)

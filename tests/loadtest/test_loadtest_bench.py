@@ -3,6 +3,7 @@ and the PyTorch baseline's answers against a direct forward pass."""
 from __future__ import annotations
 
 import json
+import statistics
 import urllib.request
 
 import pytest
@@ -55,6 +56,7 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
         "--log-dir", str(tmp_path / "logs"), "--data-dir", str(tmp_path / "no-data"), "--skip", "single_worker,batch1,torch",
         "--inference-workers", "2", "--intra-op-threads", "1",
         "--retries", "0", "--quiet-wait-s", "0",  # a shared test machine would otherwise wait and re-run steps
+        "--rounds", "2",
     ])
     assert code == 0, capsys.readouterr()
     results = json.loads((out / "benchmarks.json").read_text())
@@ -65,15 +67,27 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     assert (2, 1) in {(e["streams"], e["threads"]) for e in measured}  # the server's own layout
     assert ceiling["sweep_best_texts_per_s"] == max(e["texts_per_s"] for e in measured) > 0
     assert ceiling["server_layout_texts_per_s"] <= ceiling["sweep_best_texts_per_s"]
-    # The winner ran again around the server's search; the ceiling is the median of its 3 runs.
+    # The winner ran again around each round of the server's search; the ceiling is the median of its runs.
     repeats = ceiling["repeats"]
-    assert [r["when"] for r in repeats] == ["before the server's search", "after the server's search"]
+    assert [r["when"] for r in repeats] == ["before round 1", "after round 1", "after round 2"]
     best = ceiling["best_layout"]
     assert all((r["streams"], r["threads"], r["batch_size"]) == (best["streams"], best["threads"],
                                                                 ceiling["best_batch_size"]) for r in repeats)
-    runs = sorted([ceiling["sweep_best_texts_per_s"], *(r["texts_per_s"] for r in repeats)])
-    assert ceiling["texts_per_s"] == runs[1]
+    runs = [ceiling["sweep_best_texts_per_s"], *(r["texts_per_s"] for r in repeats)]
+    assert ceiling["texts_per_s"] == pytest.approx(statistics.median(runs))
     entry = results["server"]
+    # Two rounds, each a fresh server between two ceiling runs; 2 is the lower-median round, and
+    # 2/1 the median of the rounds' own ratios.
+    rounds = entry["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for k, r in enumerate(rounds):
+        beside = (repeats[k]["texts_per_s"] + repeats[k + 1]["texts_per_s"]) / 2
+        assert r["ceiling_beside"] == pytest.approx(beside)
+        assert r["vs_ceiling"] == pytest.approx(r["capacity_rps"] / beside)
+        assert (tmp_path / "logs" / f"server-round{k + 1}.log").is_file()
+    assert entry["capacity_rps"] == min(r["capacity_rps"] for r in rounds)
+    assert entry["round"] in (1, 2) and entry["steps"] == rounds[entry["round"] - 1]["steps"]
+    assert results["summary"]["capacity_vs_ceiling"] == pytest.approx(statistics.median(r["vs_ceiling"] for r in rounds))
     assert len(entry["steps"]) == 4 and entry["closed_loop_rps"] > 0  # 2 search steps, then 50% and 80%
     assert all(s["sent"] > 0 and s["client_cpu_cores"] >= 0 and s["server_cpu_cores"] > 0 and s["other_cpu_cores"] >= 0
                and not s["discarded"] for s in entry["steps"])
@@ -89,7 +103,8 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     assert entry["model_info"]["batching"]["inference_workers"] == 2 and entry["model_info"]["intra_op_threads"] == 1
     md = (out / "BENCHMARKS.md").read_text()
     assert "Quick mode" in md and "2 / 1: server capacity / ceiling" in md and "2 / 4" not in md
-    assert "2 inference workers x 1 thread" in md and "| 2 x 1 |" in md and "median of 3 runs (sweep " in md
+    assert "2 inference workers x 1 thread" in md and "| 2 x 1 |" in md and "median of 4 runs (sweep " in md
+    assert "median of 2 rounds (" in md and "| round | capacity (req/s) |" in md and "median of the rounds' ratios" in md
     assert "| 2c. the server's batcher and workers in this process" in md and "2 / 2c: HTTP server" in md
     assert results["command"].startswith("python -m loadtest.bench --model-dir ")
 

@@ -36,6 +36,14 @@ def test_partial_batch_waits_the_rest_of_max_wait():
     assert dispatch_delay(1, 5, 0.5, True, LIMITS) == 0.0
 
 
+def test_batch_no_text_could_join_goes_now():
+    # budget 100: a second text would pad to >= 51 tokens each, 102 in all: nothing can join
+    assert dispatch_delay(1, 51, 0.0, True, LIMITS) == 0.0
+    assert dispatch_delay(1, 50, 0.0, True, LIMITS) == pytest.approx(0.01)  # a 50-token text still fits
+    assert dispatch_delay(2, 34, 0.0, True, LIMITS) == 0.0
+    assert dispatch_delay(2, 33, 0.0, True, LIMITS) == pytest.approx(0.01)
+
+
 # -- select_batch ------------------------------------------------------------------
 
 
