@@ -9,7 +9,7 @@ import argparse
 import os
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NoReturn, Sequence
 
 ENV_PREFIX = "SENTIMENT_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -122,10 +122,17 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad flag (`--port x`) exits 2 with one line, as a bad value does, not usage plus the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}\n")
+
+
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """Flags from the dataclass fields; defaults from the environment where set."""
     env = os.environ if env is None else env
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="python -m server",
         description="IMDB sentiment inference server (aiohttp + ONNX Runtime, dynamic batching). "
         f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}MAX_BATCH_SIZE.",
