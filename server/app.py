@@ -40,11 +40,24 @@ def create_app(config: ServerConfig, runner: Runner | None = None, metrics: Metr
 
 
 def load_runner(config: ServerConfig) -> OnnxRunner:
-    """The model directory's runner, with the cores split among the inference workers."""
-    workers, intra = thread_layout(config.inference_workers, config.intra_op_threads, model_on_gpu(config.model_dir))
-    return OnnxRunner(config.model_dir, intra, config.inter_op_threads, config.truncate,
-                      sessions=workers if intra > 1 else 1, shape_bucket=config.shape_bucket,
-                      max_batch_size=config.max_batch_size)
+    """The model directory's runner, with the cores split among the inference workers.
+
+    The layout depends on the device, known for sure only once the session exists: where
+    the CUDA provider is present but fails to start, ONNX Runtime falls back to the CPU, and
+    the GPU's layout (one worker with every core) would meet the CPU's worker count. So a
+    session that fell back is built again with the CPU's layout.
+    """
+    def build(gpu: bool) -> OnnxRunner:
+        workers, intra = thread_layout(config.inference_workers, config.intra_op_threads, gpu)
+        return OnnxRunner(config.model_dir, intra, config.inter_op_threads, config.truncate,
+                          sessions=workers if intra > 1 else 1, shape_bucket=config.shape_bucket,
+                          max_batch_size=config.max_batch_size)
+
+    runner = build(model_on_gpu(config.model_dir))
+    if model_on_gpu(config.model_dir) and not uses_cuda(runner.info.get("providers", ())):
+        log.warning("model exported for a GPU, but ONNX Runtime's CUDA provider did not start: serving on CPU")
+        runner = build(gpu=False)
+    return runner
 
 
 CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 256, 8192

@@ -102,6 +102,28 @@ def test_load_runner_gives_each_worker_its_share_of_threads(tiny_model_dir, monk
     assert one_thread.info["intra_op_threads"] == 1 and one_thread.info["sessions"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_load_runner_falls_back_to_the_cpu_layout_when_cuda_does_not_start(tiny_model_dir, monkeypatch, caplog):
+    # Asking for the CUDA provider where it cannot start is ONNX Runtime's real fallback path:
+    # the session comes up on CPU. It must then get the CPU's layout, not the GPU's one worker
+    # with every core (which the CPU's worker count would multiply).
+    import onnxruntime as ort
+
+    from server.app import inference_workers, load_runner
+    from server.config import ServerConfig
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("the CUDA provider is present here and may start")
+    monkeypatch.setattr(runner_module, "physical_cores", lambda: 4)
+    monkeypatch.setattr(runner_module, "cuda_wanted", lambda serving: True)
+    config = ServerConfig(model_dir=tiny_model_dir)
+    with caplog.at_level("WARNING", logger="server.app"):
+        runner = load_runner(config)
+    assert runner.info["providers"] == ["CPUExecutionProvider"]
+    assert runner.info["intra_op_threads"] == 1 and inference_workers(config, runner) == 4
+    assert "CUDA provider did not start" in caplog.text
+
+
 def test_runner_with_several_sessions_answers_concurrent_callers_alike(tiny_model_dir):
     from concurrent.futures import ThreadPoolExecutor
 
