@@ -311,7 +311,8 @@ def server_rounds(config: BenchConfig, cmd: list[str], bodies: list[bytes], text
         after = repeat_ceiling(config, texts, tokens, ceiling, f"after round {k}")
         beside = (before + after) / 2
         result.update(round=k, ceiling_beside=beside, vs_ceiling=result["capacity_rps"] / beside if beside else None)
-        print(f"[server] round {k}: {result['capacity_rps']:.1f} req/s = {result['vs_ceiling']:.0%} of the ceiling "
+        share = "n/a" if result["vs_ceiling"] is None else f"{result['vs_ceiling']:.0%}"
+        print(f"[server] round {k}: {result['capacity_rps']:.1f} req/s = {share} of the ceiling "
               f"beside it ({before:.1f} before, {after:.1f} after)", flush=True)
         rounds.append(result)
         before = after

@@ -320,7 +320,7 @@ def run(cfg: DemoConfig) -> int:
                                       host=cfg.host, port=cfg.port)
             demo.say("$ " + " ".join(_shorten(c) for c in candidate.cmd) + f"   (log: {log_path})")
             try:
-                server = candidate.__enter__()  # stopped by _finish, after the steps that use it
+                server = candidate.start()  # stopped by _finish, after the steps that use it
             except RuntimeError as exc:
                 demo.say("server log (last lines):\n" + _tail(log_path, 15))
                 raise StepError(str(exc)) from None

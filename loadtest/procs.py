@@ -49,6 +49,12 @@ class ServedProcess:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "ServedProcess":
+        return self.start()
+
+    def start(self) -> "ServedProcess":
+        """Start the process and wait until /readyz answers 200 (stopped again if it never does).
+        `with ServedProcess(...)` stops it on leaving; a caller that must outlive one block calls
+        start() and stop() itself."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")
         cpus = self.cpus
