@@ -173,13 +173,12 @@ def measure_ceiling(config: BenchConfig, texts: list[str], server_layout: tuple[
     layouts and sizes, not only the server's: the ceiling must be the best the runtime can
     do on this machine, whatever the server chose. Also returns each text's token count.
     """
-    from server.runner import OnnxRunner, physical_cores
+    from server.runner import physical_cores
 
     results, info, tokens = [], {}, []
     with _ceiling_affinity(config):
         for streams, threads in ceiling_layouts(physical_cores(), server_layout):
-            runner = OnnxRunner(config.model_dir, intra_op_threads=threads, max_batch_size=config.max_batch_size)
-            runner.warmup()
+            runner = _ceiling_runner(config, threads)
             if (streams, threads) == server_layout:  # always among the layouts
                 info = runner.info
             tokens = tokens or [len(ids) for ids in runner.encode(texts)]
@@ -208,12 +207,9 @@ def repeat_ceiling(config: BenchConfig, texts: list[str], tokens: list[int], cei
     drifts over minutes. So the winner is run again before and after each round of the
     server's search, and the ceiling is the median of the sweep's run and these (all in the JSON).
     """
-    from server.runner import OnnxRunner
-
     layout, size = ceiling["best_layout"], ceiling["best_batch_size"]
     with _ceiling_affinity(config):
-        runner = OnnxRunner(config.model_dir, intra_op_threads=layout["threads"], max_batch_size=config.max_batch_size)
-        runner.warmup()
+        runner = _ceiling_runner(config, layout["threads"])
         entry = _ceiling_run(config, runner, texts, tokens, layout["streams"], size)
     entry.update(threads=layout["threads"], when=when)
     ceiling["repeats"].append(entry)
@@ -232,6 +228,15 @@ def queueing_bound(ceiling: dict, tokens: list[int], p95_ms: float) -> dict:
     print(f"[ceiling] queueing bound: an ideal server with {streams} FIFO worker(s) meets p95 <= {p95_ms:g} ms "
           f"up to {fraction:.1%} of the ceiling", flush=True)
     return {"fraction": fraction, "workers": streams, "p95_ms": p95_ms}
+
+
+def _ceiling_runner(config: BenchConfig, threads: int):
+    """The server's OnnxRunner as the ceiling runs it: `threads` intra-op threads, warmed up."""
+    from server.runner import OnnxRunner
+
+    runner = OnnxRunner(config.model_dir, intra_op_threads=threads, max_batch_size=config.max_batch_size)
+    runner.warmup()
+    return runner
 
 
 def _ceiling_run(config: BenchConfig, runner, texts: list[str], tokens: list[int], streams: int, size: int) -> dict:
