@@ -78,7 +78,7 @@ async def test_sigterm_under_load_answers_every_accepted_request(tiny_model_dir,
         # A long batching wait keeps texts queued, so SIGTERM lands while work is accepted but unanswered.
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--model-dir", str(tiny_model_dir), "--port", str(port),
-             "--max-wait-ms", "40", "--intra-op-threads", "1", "--drain-timeout-s", "5"],
+             "--max-wait-ms", "200", "--intra-op-threads", "1", "--drain-timeout-s", "5"],
             cwd=ROOT, stdout=log, stderr=log)
     outcomes: list[tuple[str, float]] = []  # (what, time answered)
     stop = asyncio.Event()
@@ -100,11 +100,18 @@ async def test_sigterm_under_load_answers_every_accepted_request(tiny_model_dir,
                     outcomes.append((what, time.monotonic()))
 
             users = [asyncio.ensure_future(user(i)) for i in range(16)]
-            # SIGTERM once the server is visibly busy (a fixed sleep was too short on a loaded box).
-            deadline = time.monotonic() + 10
-            while sum(what == "200" for what, _ in outcomes) < 32 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.1)
+
+            async def answers_reach(n: int) -> None:
+                deadline = time.monotonic() + 10
+                while sum(what == "200" for what, _ in outcomes) < n and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+
+            # The 16 users move in waves: every text waits out the 200 ms batching window, then all are
+            # answered together and sent again. SIGTERM goes 50 ms into a window, once the server is
+            # visibly busy: at a fixed delay it could land between an answered wave and the next.
+            await answers_reach(32)
+            await answers_reach(sum(what == "200" for what, _ in outcomes) + 1)
+            await asyncio.sleep(0.05)
             term_at = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(proc.wait, 10)
