@@ -53,8 +53,9 @@ def load_runner(config: ServerConfig) -> OnnxRunner:
                           sessions=workers if intra > 1 else 1, shape_bucket=config.shape_bucket,
                           max_batch_size=config.max_batch_size)
 
-    runner = build(model_on_gpu(config.model_dir))
-    if model_on_gpu(config.model_dir) and not uses_cuda(runner.info.get("providers", ())):
+    gpu = model_on_gpu(config.model_dir)
+    runner = build(gpu)
+    if gpu and not uses_cuda(runner.info.get("providers", ())):
         log.warning("model exported for a GPU, but ONNX Runtime's CUDA provider did not start: serving on CPU")
         runner = build(gpu=False)
     return runner

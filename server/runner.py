@@ -229,7 +229,7 @@ def cuda_wanted(serving: dict) -> bool:
     block of its config.json) and this ONNX Runtime has the CUDA provider."""
     import onnxruntime as ort
 
-    return serving.get("target") == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers()
+    return serving.get("target") == "gpu" and uses_cuda(ort.get_available_providers())
 
 
 def model_on_gpu(model_dir: str | Path) -> bool:
