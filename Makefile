@@ -32,7 +32,7 @@ help:
 	@echo "make export          $(CHECKPOINT) -> int8 ONNX model directory $(MODEL_DIR)"
 	@echo "make serve           serve $(MODEL_DIR) on http://$(HOST):$(PORT) (SERVE_ARGS=\"--max-wait-ms 5 --intra-op-threads 2 ...\")"
 	@echo "make loadtest        locust SLA gate against http://$(HOST):$(PORT)"
-	@echo "make bench           capacity benchmark -> docs/BENCHMARKS.md (BENCH_ARGS=--quick for a 2-minute smoke run)"
+	@echo "make bench           capacity benchmark -> docs/BENCHMARKS.md (BENCH_ARGS=--quick for a ~3-minute smoke run)"
 	@echo "make demo            the whole pipeline in under 20 minutes on 2 cores"
 	@echo "make test-container  build Dockerfile.cpu with the local engine and smoke-test it"
 
