@@ -84,17 +84,16 @@ class Entry:
         self.tokens = len(self.ids)
 
 
-def dispatch_delay(n_pending: int, longest: int, oldest_wait_s: float, worker_idle: bool,
-                   limits: BatchLimits) -> float | None:
-    """Seconds until the next batch should start: 0 = now, None = wait for an event.
+def dispatch_delay(n_pending: int, longest: int, oldest_wait_s: float, limits: BatchLimits) -> float | None:
+    """Seconds a free worker should wait before taking the next batch: 0 = now, None =
+    nothing pending (wait for a text).
 
-    Nothing is dispatched while every worker is busy: the batch keeps growing for free
-    instead of queueing behind the running ones in the executor. A batch is full when no
-    further text could join it: any newcomer pads to at least `longest`, so once one more
-    text of that width would pass the token budget, waiting only idles a worker (on CPU,
-    with a budget of 256, that is every text over 128 tokens).
+    Only a free worker asks, so while every worker is busy the batch keeps growing for free.
+    A batch is full when no further text could join it: any newcomer pads to at least
+    `longest`, so once one more text of that width would pass the token budget, waiting only
+    idles a worker (on CPU, with a budget of 256, that is every text over 128 tokens).
     """
-    if n_pending == 0 or not worker_idle:
+    if n_pending == 0:
         return None
     full = n_pending >= limits.max_batch_size or (n_pending + 1) * longest > limits.max_batch_tokens
     if full:
@@ -252,7 +251,7 @@ class MicroBatcher:
                     self._cond.wait()
                     continue
                 delay = dispatch_delay(len(self._pending), max(e.tokens for e in self._pending),
-                                       now - self._pending[0].arrival, True, self.limits)
+                                       now - self._pending[0].arrival, self.limits)
                 if delay == 0.0:
                     break
                 self._cond.wait(delay)

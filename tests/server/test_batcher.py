@@ -19,29 +19,25 @@ LIMITS = BatchLimits(max_batch_size=4, max_batch_tokens=100, max_wait_s=0.01)
 
 
 def test_nothing_pending_waits_for_an_event():
-    assert dispatch_delay(0, 0, 0.0, True, LIMITS) is None
-
-
-def test_busy_worker_lets_the_batch_grow():
-    assert dispatch_delay(10, 10, 5.0, False, LIMITS) is None
+    assert dispatch_delay(0, 0, 0.0, LIMITS) is None
 
 
 def test_full_batch_goes_now():
-    assert dispatch_delay(4, 5, 0.0, True, LIMITS) == 0.0  # texts
-    assert dispatch_delay(2, 50, 0.0, True, LIMITS) == 0.0  # padded tokens
+    assert dispatch_delay(4, 5, 0.0, LIMITS) == 0.0  # texts
+    assert dispatch_delay(2, 50, 0.0, LIMITS) == 0.0  # padded tokens
 
 
 def test_partial_batch_waits_the_rest_of_max_wait():
-    assert dispatch_delay(1, 5, 0.004, True, LIMITS) == pytest.approx(0.006)
-    assert dispatch_delay(1, 5, 0.5, True, LIMITS) == 0.0
+    assert dispatch_delay(1, 5, 0.004, LIMITS) == pytest.approx(0.006)
+    assert dispatch_delay(1, 5, 0.5, LIMITS) == 0.0
 
 
 def test_batch_no_text_could_join_goes_now():
     # budget 100: a second text would pad to >= 51 tokens each, 102 in all: nothing can join
-    assert dispatch_delay(1, 51, 0.0, True, LIMITS) == 0.0
-    assert dispatch_delay(1, 50, 0.0, True, LIMITS) == pytest.approx(0.01)  # a 50-token text still fits
-    assert dispatch_delay(2, 34, 0.0, True, LIMITS) == 0.0
-    assert dispatch_delay(2, 33, 0.0, True, LIMITS) == pytest.approx(0.01)
+    assert dispatch_delay(1, 51, 0.0, LIMITS) == 0.0
+    assert dispatch_delay(1, 50, 0.0, LIMITS) == pytest.approx(0.01)  # a 50-token text still fits
+    assert dispatch_delay(2, 34, 0.0, LIMITS) == 0.0
+    assert dispatch_delay(2, 33, 0.0, LIMITS) == pytest.approx(0.01)
 
 
 # -- select_batch ------------------------------------------------------------------
