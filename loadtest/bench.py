@@ -46,6 +46,8 @@ import time  # noqa: E402
 from dataclasses import asdict, dataclass, fields  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 from loadtest.bench_report import machine_info, write_report  # noqa: E402
 from loadtest.httpclient import LeanClient  # noqa: E402
 from loadtest.inprocess import InProcessServer  # noqa: E402
@@ -53,7 +55,7 @@ from loadtest.openloop import (  # noqa: E402
     capacity, closed_loop, closed_loop_throughput, next_rate, open_loop_step, payloads, run_step, wait_for_quiet,
 )
 from loadtest.procs import ServedProcess, parse_cpus  # noqa: E402
-from loadtest.queueing import bound_fraction  # noqa: E402
+from loadtest.queueing import bound_fraction, searched_fractions  # noqa: E402
 from loadtest.texts import DEFAULT_DATA_DIR, load_texts  # noqa: E402
 from server.config import parse_config as parse_server_config  # noqa: E402
 
@@ -316,15 +318,33 @@ def server_rounds(config: BenchConfig, cmd: list[str], bodies: list[bytes], text
         after = repeat_ceiling(config, texts, tokens, ceiling, f"after round {k}")
         beside = (before + after) / 2
         result.update(round=k, ceiling_beside=beside, vs_ceiling=result["capacity_rps"] / beside if beside else None)
+        result.update(ideal_search(config, result, tokens, ceiling, beside, k))
         share = "n/a" if result["vs_ceiling"] is None else f"{result['vs_ceiling']:.0%}"
+        ideal = result.get("ideal_same_search")
         print(f"[server] round {k}: {result['capacity_rps']:.1f} req/s = {share} of the ceiling "
-              f"beside it ({before:.1f} before, {after:.1f} after)", flush=True)
+              f"beside it ({before:.1f} before, {after:.1f} after)"
+              + (f"; the ideal server under the same search finds {ideal['median']:.0%} of it (median)"
+                 if ideal else ""), flush=True)
         rounds.append(result)
         before = after
     median = statistics.median_low(r["capacity_rps"] for r in rounds)
     chosen = next(r for r in rounds if r["capacity_rps"] == median)
     summary = [{k: v for k, v in r.items() if k not in ("ready", "model_info")} for r in rounds]
     return {**chosen, "rounds": summary}
+
+
+def ideal_search(config: BenchConfig, result: dict, tokens: list[int], ceiling: dict, beside: float,
+                 k: int, searches: int = 40) -> dict:
+    """What the ideal server (loadtest/queueing.py) scores under this round's own search: the
+    same start rate, step length, step limit and SLA, against the ceiling beside the round."""
+    if not beside or not result.get("closed_loop_rps"):
+        return {}
+    found = searched_fractions(tokens, beside, ceiling["best_layout"]["streams"], config.sla_p95_ms,
+                               SEARCH_START * result["closed_loop_rps"], config.duration_s, config.max_steps,
+                               searches=searches, seed=config.seed + k)
+    q1, median, q3 = (float(v) for v in np.percentile(found, [25, 50, 75]))
+    return {"ideal_same_search": {"median": median, "q1": q1, "q3": q3, "searches": searches},
+            "vs_ideal_same_search": result["capacity_rps"] / (median * beside) if median else None}
 
 
 async def search_served(name: str, proc: ServedProcess, bodies: list[bytes], config: BenchConfig,
@@ -349,6 +369,9 @@ async def search_in_process(name: str, server_config, texts: list[str], config: 
             probe=lambda n, seconds: closed_loop(start, len(texts), n, seconds),
             step=lambda rate, seed: open_loop_step(start, len(texts), rate, config.duration_s, seed))
     return {"model_info": target.info(), **result}
+
+
+SEARCH_START = 0.7  # the first open-loop rate, as a share of the closed-loop probe's throughput
 
 
 async def search(name: str, config: BenchConfig, extra_fractions: tuple[float, ...], probe, step,
@@ -382,10 +405,10 @@ async def search(name: str, config: BenchConfig, extra_fractions: tuple[float, .
                 return ok
             retries[0] -= 1
 
-    rate = next_rate(history, start=0.7 * bound)
+    rate = next_rate(history, start=SEARCH_START * bound)
     while rate is not None and len(history) < config.max_steps:
         history.append((rate, await measure(rate)))
-        rate = next_rate(history, start=0.7 * bound)
+        rate = next_rate(history, start=SEARCH_START * bound)
     cap = capacity(history)
     at = {}
     for fraction in extra_fractions if cap > 0 else ():

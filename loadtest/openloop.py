@@ -60,6 +60,12 @@ class StepResult:
         return {**asdict(self), "error_rate": self.error_rate}
 
 
+def step_duration(rate: float, duration_s: float) -> float:
+    """A step's length at `rate`: at low rates stretched (up to 3x) so that its percentiles
+    rest on at least MIN_REQUESTS requests."""
+    return min(max(duration_s, MIN_REQUESTS / rate), 3 * duration_s)
+
+
 def poisson_arrivals(rate: float, duration_s: float, rng: random.Random) -> list[float]:
     """Arrival offsets (s) of a Poisson process of `rate`/s within [0, duration_s)."""
     out, t = [], rng.expovariate(rate)
@@ -113,8 +119,7 @@ async def open_loop_step(start: Start, items: int, rate: float, duration_s: floa
     per request is measured and kept small.
     """
     rng = random.Random(seed)
-    # At low rates stretch the step (up to 3x) so its percentiles rest on enough requests.
-    duration_s = min(max(duration_s, MIN_REQUESTS / rate), 3 * duration_s)
+    duration_s = step_duration(rate, duration_s)
     arrivals = poisson_arrivals(rate, duration_s, rng)
     offset = rng.randrange(items)
     loop = asyncio.get_running_loop()

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from loadtest.openloop import capacity, next_rate, step_duration
+
 
 def service_times(tokens: Sequence[int], ceiling_texts_per_s: float, workers: int) -> np.ndarray:
     """Seconds each text occupies one worker, so that `workers` workers busy all the time
@@ -26,19 +28,25 @@ def service_times(tokens: Sequence[int], ceiling_texts_per_s: float, workers: in
     return cost / cost.mean() * workers / ceiling_texts_per_s
 
 
+def _fifo_latencies(times: np.ndarray, work: np.ndarray, workers: int) -> np.ndarray:
+    """Seconds from arrival to answer of each arrival (sorted `times`), `workers` FIFO
+    workers, idle at the start."""
+    free = [0.0] * workers  # when each worker next becomes free (a heap)
+    latency = np.empty(len(times))
+    for i in range(len(times)):
+        start = max(heapq.heappop(free), times[i])
+        heapq.heappush(free, start + work[i])
+        latency[i] = start + work[i] - times[i]
+    return latency
+
+
 def fifo_p95_ms(service_s: np.ndarray, workers: int, rate: float, arrivals: int = 40_000,
                 seed: int = 0) -> float:
     """p95 latency (queue wait + service), ms, of `workers` FIFO workers under Poisson
     arrivals at `rate`/s, each arrival drawing its service time from `service_s`."""
     rng = np.random.default_rng(seed)
     times = np.cumsum(rng.exponential(1.0 / rate, arrivals))
-    work = service_s[rng.integers(0, len(service_s), arrivals)]
-    free = [0.0] * workers  # when each worker next becomes free (a heap)
-    latency = np.empty(arrivals)
-    for i in range(arrivals):
-        start = max(heapq.heappop(free), times[i])
-        heapq.heappush(free, start + work[i])
-        latency[i] = start + work[i] - times[i]
+    latency = _fifo_latencies(times, service_s[rng.integers(0, len(service_s), arrivals)], workers)
     return float(np.percentile(latency[arrivals // 20:], 95) * 1000.0)  # the first 5%: warm-up
 
 
@@ -58,3 +66,40 @@ def bound_fraction(tokens: Sequence[int], ceiling_texts_per_s: float, workers: i
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if meets(mid) else (lo, mid)
     return lo
+
+
+def searched_fractions(tokens: Sequence[int], ceiling_texts_per_s: float, workers: int, p95_limit_ms: float,
+                       start_rate: float, step_s: float, max_steps: int, searches: int = 40,
+                       seed: int = 0) -> list[float]:
+    """The ideal server measured the way the benchmark measures a real one: each search runs
+    open-loop steps exactly as `loadtest.bench` does (Poisson arrivals for `step_duration`
+    seconds, an empty queue at the start, p95 over all of the step's requests; the same
+    start rate, growth, bisection and step limit). Returns each of `searches` searches'
+    capacity as a share of the ceiling.
+
+    `bound_fraction` is the ideal server's capacity in the limit of endless steps. A search
+    of finite steps finds another share: more where steps are short (each starts with an
+    empty queue), less where its coarse grid of rates steps over the bound, and not the same
+    share twice, since each step's p95 is one sample. A real server compares fairly with what
+    the ideal one finds under the same search, from the same start rate.
+    """
+    service = service_times(tokens, ceiling_texts_per_s, workers)
+    rng = np.random.default_rng(seed)
+
+    def meets(rate: float) -> bool:
+        duration = step_duration(rate, step_s)
+        times = np.sort(rng.uniform(0.0, duration, rng.poisson(rate * duration)))
+        if len(times) == 0:
+            return True
+        latency = _fifo_latencies(times, service[rng.integers(0, len(service), len(times))], workers)
+        return float(np.percentile(latency, 95) * 1000.0) <= p95_limit_ms
+
+    found = []
+    for _ in range(searches):
+        history: list[tuple[float, bool]] = []
+        rate = next_rate(history, start_rate)
+        while rate is not None and len(history) < max_steps:
+            history.append((rate, meets(rate)))
+            rate = next_rate(history, start_rate)
+        found.append(capacity(history) / ceiling_texts_per_s)
+    return found

@@ -84,10 +84,16 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
         beside = (repeats[k]["texts_per_s"] + repeats[k + 1]["texts_per_s"]) / 2
         assert r["ceiling_beside"] == pytest.approx(beside)
         assert r["vs_ceiling"] == pytest.approx(r["capacity_rps"] / beside)
+        # The ideal server, put through this round's search in simulation, against the same ceiling.
+        ideal = r["ideal_same_search"]
+        assert ideal["searches"] == 40 and 0 <= ideal["q1"] <= ideal["median"] <= ideal["q3"]
+        assert r["vs_ideal_same_search"] == pytest.approx(r["capacity_rps"] / (ideal["median"] * beside))
         assert (tmp_path / "logs" / f"server-round{k + 1}.log").is_file()
     assert entry["capacity_rps"] == min(r["capacity_rps"] for r in rounds)
     assert entry["round"] in (1, 2) and entry["steps"] == rounds[entry["round"] - 1]["steps"]
     assert results["summary"]["capacity_vs_ceiling"] == pytest.approx(statistics.median(r["vs_ceiling"] for r in rounds))
+    assert results["summary"]["capacity_vs_ideal_same_search"] == pytest.approx(
+        statistics.median(r["vs_ideal_same_search"] for r in rounds))
     assert len(entry["steps"]) == 4 and entry["closed_loop_rps"] > 0  # 2 search steps, then 50% and 80%
     assert all(s["sent"] > 0 and s["client_cpu_cores"] >= 0 and s["server_cpu_cores"] > 0 and s["other_cpu_cores"] >= 0
                and not s["discarded"] for s in entry["steps"])
@@ -105,6 +111,7 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     assert "Quick mode" in md and "2 / 1: server capacity / ceiling" in md and "2 / 4" not in md
     assert "2 inference workers x 1 thread" in md and "| 2 x 1 |" in md and "median of 4 runs (sweep " in md
     assert "median of 2 rounds (" in md and "| round | capacity (req/s) |" in md and "median of the rounds' ratios" in md
+    assert "ideal server, same search: median (quartiles)" in md and "2 / the ideal server under the same search" in md
     assert "| 2c. the server's batcher and workers in this process" in md and "2 / 2c: HTTP server" in md
     assert results["command"].startswith("python -m loadtest.bench --model-dir ")
 
