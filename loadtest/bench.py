@@ -59,6 +59,8 @@ from loadtest.queueing import bound_fraction, searched_fractions  # noqa: E402
 from loadtest.texts import DEFAULT_DATA_DIR, load_texts  # noqa: E402
 from server.config import parse_config as parse_server_config  # noqa: E402
 
+SEARCH_START = 0.7  # the first open-loop rate, as a share of the closed-loop probe's throughput
+
 _HELP = {
     "model_dir": "exporter's model directory (served by configurations 1-3)",
     "checkpoint": "trainer checkpoint of the same model (served by the PyTorch baseline, 4)",
@@ -369,9 +371,6 @@ async def search_in_process(name: str, server_config, texts: list[str], config: 
             probe=lambda n, seconds: closed_loop(start, len(texts), n, seconds),
             step=lambda rate, seed: open_loop_step(start, len(texts), rate, config.duration_s, seed))
     return {"model_info": target.info(), **result}
-
-
-SEARCH_START = 0.7  # the first open-loop rate, as a share of the closed-loop probe's throughput
 
 
 async def search(name: str, config: BenchConfig, extra_fractions: tuple[float, ...], probe, step,
