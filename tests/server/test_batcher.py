@@ -242,15 +242,19 @@ async def test_full_queue_refuses_at_once_and_whole_request(make_batcher):
 async def test_expired_texts_are_dropped_before_inference(make_batcher):
     model = Model()
     model.gate.clear()
-    batcher = await make_batcher(BatchLimits(4, 1000, 0.0), model=model)
+    batcher = await make_batcher(BatchLimits(1, 1000, 0.0), model=model)
     loop = asyncio.get_running_loop()
     running = batcher.submit([seq(1)], far())
+    await asyncio.sleep(0.05)
+    # Queued behind the busy worker: the watchdog's timer is set for its deadline, 10 s out,
+    # and must move when a text with an earlier deadline comes.
+    waiting = batcher.submit([seq(3)], far())
     await asyncio.sleep(0.05)
     doomed = batcher.submit([seq(2)], loop.time() + 0.05)
     with pytest.raises(DeadlineExceeded):
         await asyncio.wait_for(doomed[0], 1.0)  # fails on time although the worker is still busy
     model.gate.set()
-    await asyncio.gather(*running)
+    await asyncio.gather(*running, *waiting)
     assert [2] not in model.batches and all(2 not in b for b in model.batches)
 
 
