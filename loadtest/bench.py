@@ -52,14 +52,13 @@ from loadtest.bench_report import machine_info, write_report  # noqa: E402
 from loadtest.httpclient import LeanClient  # noqa: E402
 from loadtest.inprocess import InProcessServer  # noqa: E402
 from loadtest.openloop import (  # noqa: E402
-    capacity, closed_loop, closed_loop_throughput, next_rate, open_loop_step, payloads, run_step, wait_for_quiet,
+    SEARCH_START, capacity, closed_loop, closed_loop_throughput, next_rate, open_loop_step, payloads, run_step,
+    wait_for_quiet,
 )
 from loadtest.procs import ServedProcess, parse_cpus  # noqa: E402
 from loadtest.queueing import bound_fraction, searched_fractions  # noqa: E402
 from loadtest.texts import DEFAULT_DATA_DIR, load_texts  # noqa: E402
 from server.config import parse_config as parse_server_config  # noqa: E402
-
-SEARCH_START = 0.7  # the first open-loop rate, as a share of the closed-loop probe's throughput
 
 _HELP = {
     "model_dir": "exporter's model directory (served by configurations 1-3)",

@@ -13,6 +13,8 @@ import statistics
 import subprocess
 from pathlib import Path
 
+from loadtest.openloop import MIN_REQUESTS, SEARCH_GROWTH, SEARCH_START
+
 TARGETS = {"capacity_vs_ceiling": 0.85, "vs_torch": 4.0}
 SERVED = ("server", "in_process", "server_single_worker", "server_batch1", "torch_baseline")
 
@@ -75,11 +77,10 @@ def summarize(results: dict) -> dict:
     rounds = [r["vs_ceiling"] for r in results["server"].get("rounds", []) if r.get("vs_ceiling") is not None]
     if rounds:  # each round against the ceiling runs beside it: the machine's drift cancels
         out["capacity_vs_ceiling"] = statistics.median(rounds)
-    vs_ideal = [r["vs_ideal_same_search"] for r in results["server"].get("rounds", [])
-                if r.get("vs_ideal_same_search") is not None]
+    with_ideal = [r for r in results["server"].get("rounds", []) if r.get("ideal_same_search")]
+    vs_ideal = [r["vs_ideal_same_search"] for r in with_ideal if r["vs_ideal_same_search"] is not None]
     if vs_ideal:
-        out["ideal_same_search"] = statistics.median(r["ideal_same_search"]["median"]
-                                                     for r in results["server"]["rounds"] if r.get("ideal_same_search"))
+        out["ideal_same_search"] = statistics.median(r["ideal_same_search"]["median"] for r in with_ideal)
         out["capacity_vs_ideal_same_search"] = statistics.median(vs_ideal)
     bound = results["ceiling"].get("queueing_bound")
     if bound and bound["fraction"] and out["capacity_vs_ceiling"] is not None:
@@ -160,10 +161,10 @@ def render_markdown(r: dict) -> str:
         "",
         "## Results",
         "",
-        f"Capacity: the highest open-loop (Poisson arrivals) request rate meeting {sla}, searched from 70% of a "
+        f"Capacity: the highest open-loop (Poisson arrivals) request rate meeting {sla}, searched from {SEARCH_START:.0%} of a "
         f"closed-loop probe's throughput ({cfg['probe_concurrency']} clients back to back, {cfg['probe_s']:g} s), "
-        f"growing 1.3x per step until a rate misses, then by bisection ({cfg['max_steps']} steps at most, "
-        f"{cfg['duration_s']:g} s each, longer at low rates so each step has >= 40 requests). \">=\" marks a search "
+        f"growing {SEARCH_GROWTH:g}x per step until a rate misses, then by bisection ({cfg['max_steps']} steps at most, "
+        f"{cfg['duration_s']:g} s each, longer at low rates so each step has >= {MIN_REQUESTS} requests). \">=\" marks a search "
         "that ran out of steps before any rate missed. Latencies are measured from each "
         "request's scheduled arrival time and are those of the step at capacity. CPU columns: cores used by the "
         "server process, by the load generator, and by every other process on the machine during that step "
@@ -272,9 +273,9 @@ def render_markdown(r: dict) -> str:
                   "batching, the load generator beside it) lose.",
                   "",
                   "The bound assumes endless steps. The benchmark's search has finite steps: it tries a coarse grid "
-                  "of rates (from 70% of the closed-loop probe, 1.3x up, then halving), each step starts with an "
-                  f"empty queue, and its p95 is one {cfg['duration_s']:g} s sample. So even the ideal server, searched "
-                  "this way, finds another share than the bound, and not the same share twice. \"The ideal server "
+                  f"of rates (from {SEARCH_START:.0%} of the closed-loop probe, {SEARCH_GROWTH:g}x up, then halving), "
+                  f"each step starts with an empty queue, and its p95 is one {cfg['duration_s']:g} s sample. So even "
+                  "the ideal server, searched this way, finds another share than the bound, and not the same share twice. \"The ideal server "
                   "under the same search\" is what it finds (loadtest/queueing.py, `searched_fractions`): the "
                   "yardstick for one measured round."]
     torch_info = r.get("torch_baseline", {}).get("ready", {})

@@ -25,6 +25,8 @@ import numpy as np
 from loadtest.httpclient import LeanClient
 
 MIN_REQUESTS = 40
+SEARCH_START = 0.7  # a rate search's first open-loop rate, as a share of the closed-loop probe's throughput
+SEARCH_GROWTH = 1.3  # the search's step up until a rate misses
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ async def closed_loop(start: Start, items: int, concurrency: int, duration_s: fl
     return done / (loop.time() - t0)
 
 
-def next_rate(history: Sequence[tuple[float, bool]], start: float, growth: float = 1.3,
+def next_rate(history: Sequence[tuple[float, bool]], start: float, growth: float = SEARCH_GROWTH,
               tolerance: float = 0.03, floor: float = 0.1) -> float | None:
     """The next rate to try, or None when the search is done (pure: testable with numbers).
 

@@ -112,7 +112,7 @@ def test_load_runner_falls_back_to_the_cpu_layout_when_cuda_does_not_start(tiny_
     from server.app import inference_workers, load_runner
     from server.config import ServerConfig
 
-    if "CUDAExecutionProvider" in ort.get_available_providers():
+    if runner_module.uses_cuda(ort.get_available_providers()):
         pytest.skip("the CUDA provider is present here and may start")
     monkeypatch.setattr(runner_module, "physical_cores", lambda: 4)
     monkeypatch.setattr(runner_module, "cuda_wanted", lambda serving: True)
