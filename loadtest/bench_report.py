@@ -279,7 +279,8 @@ def render_markdown(r: dict) -> str:
                   "under the same search\" is what it finds (loadtest/queueing.py, `searched_fractions`): the "
                   "yardstick for one measured round."]
     torch_info = r.get("torch_baseline", {}).get("ready", {})
-    client = [st["client_cpu_cores"] for name in SERVED if name in r
+    # 2c's "generator" is the whole in-process server, not a load generator beside one.
+    client = [st["client_cpu_cores"] for name in SERVED if name in r and name != "in_process"
               for st in [*_steps(r[name]), *r[name]["at_fraction"].values()]]
     client_max = max(client) if client else None
     lines += [
@@ -296,7 +297,8 @@ def render_markdown(r: dict) -> str:
         f"- Load generator: this process (asyncio; a lean HTTP/1.1 keep-alive client, loadtest/httpclient.py, with "
         f"requests serialised before the step and one timer callback per arrival), on the same machine as the "
         f"server. CPU pinning: server {cfg['server_cpus'] or 'none'}, generator {cfg['client_cpus'] or 'none'}. "
-        f"Its CPU use is measured per step (getrusage): at most {_f(client_max, '.2f')} cores in any step of this run. "
+        f"Its CPU use is measured per step (getrusage): at most {_f(client_max, '.2f')} cores in any step of this run "
+        "(2c aside, whose process is the server too). "
         "Latency counts from the scheduled send time, so a late generator makes the server look slower, never faster.",
         f"- Load average (1, 5, 15 min) at start {_load(m['load_average_start'])}, at end "
         f"{_load(m.get('load_average_end'))}: the machine may be shared, and other work there slows every figure.",

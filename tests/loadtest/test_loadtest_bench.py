@@ -114,6 +114,9 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     assert "ideal server, same search: median (quartiles)" in md and "2 / the ideal server under the same search" in md
     assert "| 2c. the server's batcher and workers in this process" in md and "2 / 2c: HTTP server" in md
     assert results["command"].startswith("python -m loadtest.bench --model-dir ")
+    # The generator's peak leaves 2c out: that process is the in-process server as well.
+    generator_peak = max(s["client_cpu_cores"] for s in [*entry["steps"], *entry["at_fraction"].values()])
+    assert f"at most {generator_peak:.2f} cores in any step of this run (2c aside" in md
 
 
 def test_bench_bad_flags_exit_2(tmp_path, capsys):
