@@ -115,7 +115,9 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     assert "| 2c. the server's batcher and workers in this process" in md and "2 / 2c: HTTP server" in md
     assert results["command"].startswith("python -m loadtest.bench --model-dir ")
     # The generator's peak leaves 2c out: that process is the in-process server as well.
-    generator_peak = max(s["client_cpu_cores"] for s in [*entry["steps"], *entry["at_fraction"].values()])
+    generator_steps = [*(s for r in rounds for s in r["steps"]), *entry["at_fraction"].values()]
+    generator_peak = max(s["client_cpu_cores"] for s in generator_steps)
+    assert max(s["client_cpu_cores"] for s in alone["steps"]) > generator_peak  # else the check below proves nothing
     assert f"at most {generator_peak:.2f} cores in any step of this run (2c aside" in md
 
 
