@@ -403,10 +403,8 @@ async def search(name: str, config: BenchConfig, extra_fractions: tuple[float, .
                 return ok
             retries[0] -= 1
 
-    rate = next_rate(history, start=SEARCH_START * bound)
-    while rate is not None and len(history) < config.max_steps:
+    while (rate := next_rate(history, start=SEARCH_START * bound, max_steps=config.max_steps)) is not None:
         history.append((rate, await measure(rate)))
-        rate = next_rate(history, start=SEARCH_START * bound)
     cap = capacity(history)
     at = {}
     for fraction in extra_fractions if cap > 0 else ():

@@ -205,10 +205,11 @@ def render_markdown(r: dict) -> str:
         lines.append(f"| {layout[0]} x {layout[1]} | " + " | ".join(_f(cells.get(b)) for b in sizes) + " |")
     rounds = r["server"].get("rounds") or []
     if len(rounds) > 1:
+        searches = next((e["ideal_same_search"]["searches"] for e in rounds if e.get("ideal_same_search")), "n/a")
         lines += ["", "Rounds of 2: each a fresh server, searched between two runs of the ceiling's configuration; "
                   "its ratio is to the mean of those two runs. The row of 2 above, and the latencies below, are "
                   "those of the median round. \"Ideal server, same search\": the ideal server of the queueing bound "
-                  "(below), put through this round's own search (same start rate, steps and SLA) 40 times in "
+                  f"(below), put through this round's own search (same start rate, steps and SLA) {searches} times in "
                   "simulation: the median and quartiles of what it found, as a share of the ceiling beside the round.",
                   "",
                   "| round | capacity (req/s) | ceiling beside it (texts/s) | capacity / ceiling beside it | "

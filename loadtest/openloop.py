@@ -207,15 +207,17 @@ async def closed_loop(start: Start, items: int, concurrency: int, duration_s: fl
 
 
 def next_rate(history: Sequence[tuple[float, bool]], start: float, growth: float = SEARCH_GROWTH,
-              tolerance: float = 0.03, floor: float = 0.1) -> float | None:
+              tolerance: float = 0.03, floor: float = 0.1, max_steps: int | None = None) -> float | None:
     """The next rate to try, or None when the search is done (pure: testable with numbers).
 
     `history` holds (rate, met_sla). Until a rate fails, grow the highest rate tried by
     `growth`; then bisect between the highest passing rate below the lowest failing one
     (`lo`, 0 if none) and that failing rate (`hi`). Done when the bracket is within
-    `tolerance` of `hi`, or `hi` < `floor` (nothing meets the SLA). The caller bounds
-    the number of steps.
+    `tolerance` of `hi`, or `hi` < `floor` (nothing meets the SLA), or after `max_steps`
+    rates (when given).
     """
+    if max_steps is not None and len(history) >= max_steps:
+        return None
     if not history:
         return start
     failed = [r for r, ok in history if not ok]

@@ -97,9 +97,7 @@ def searched_fractions(tokens: Sequence[int], ceiling_texts_per_s: float, worker
     found = []
     for _ in range(searches):
         history: list[tuple[float, bool]] = []
-        rate = next_rate(history, start_rate)
-        while rate is not None and len(history) < max_steps:
+        while (rate := next_rate(history, start_rate, max_steps=max_steps)) is not None:
             history.append((rate, meets(rate)))
-            rate = next_rate(history, start_rate)
         found.append(capacity(history) / ceiling_texts_per_s)
     return found

@@ -28,6 +28,10 @@ def test_search_stops_within_tolerance_and_below_floor():
     assert next_rate([(96.0, True), (100.0, False)], start=1, tolerance=0.03) == pytest.approx(98.0)
     assert next_rate([(0.09, False)], start=1, floor=0.1) is None
     assert capacity([(0.09, False)]) == 0.0
+    # The step limit: the same history is over once it holds max_steps rates, not before.
+    assert next_rate([(70.0, True), (91.0, False)], start=70.0, max_steps=2) is None
+    assert next_rate([(70.0, True), (91.0, False)], start=70.0, max_steps=3) == pytest.approx(80.5)
+    assert next_rate([], start=70.0, max_steps=0) is None
 
 
 def test_search_first_failure_bisects_down_from_zero():
