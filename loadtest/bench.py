@@ -2,6 +2,7 @@
 
     python -m loadtest.bench --model-dir artifacts/model --checkpoint artifacts/checkpoint \
         [--duration-s 20] [--max-steps 6] [--texts 1000] [--quick] [--output-dir docs]
+    python -m loadtest.bench --overload --model-dir artifacts/model ...   (loadtest/overload.py)
 
 1. ceiling: the server's own OnnxRunner (TextEncoder + ONNX Runtime) in a tight loop over
    length-sorted batches, for every thread layout (1 stream x all cores, one stream per core
@@ -51,6 +52,8 @@ import numpy as np  # noqa: E402
 from loadtest.bench_report import machine_info, write_report  # noqa: E402
 from loadtest.httpclient import LeanClient  # noqa: E402
 from loadtest.inprocess import InProcessServer  # noqa: E402
+from loadtest.overload import run_overload  # noqa: E402
+from loadtest.overload_report import write_overload_report  # noqa: E402
 from loadtest.openloop import (  # noqa: E402
     SEARCH_START, capacity, closed_loop, closed_loop_throughput, next_rate, open_loop_step, payloads, run_step,
     wait_for_quiet,
@@ -62,7 +65,8 @@ from server.config import parse_config as parse_server_config  # noqa: E402
 
 _HELP = {
     "model_dir": "exporter's model directory (served by configurations 1-3)",
-    "checkpoint": "trainer checkpoint of the same model (served by the PyTorch baseline, 4)",
+    "checkpoint": "trainer checkpoint of the same model (served by the PyTorch baseline, 4; not needed with "
+                  "--overload or --skip torch)",
     "texts": "reviews loaded and sent, the same for every configuration",
     "data_dir": "directory with test.parquet; generated look-alike reviews when absent",
     "max_batch_size": "server --max-batch-size for configuration 2 (0: the server's default)",
@@ -90,9 +94,13 @@ _HELP = {
     "output_dir": "where BENCHMARKS.md and benchmarks.json go",
     "log_dir": "where the served processes' logs go",
     "seed": "seed for review order and arrival times",
+    "overload": "run the overload benchmark instead (loadtest/overload.py): the server with its latency budget on "
+                "and off, at 0.8x, 1.5x, 2x and 5x of its capacity, then a recovery step at 0.5x",
+    "overload_step_s": "seconds per overload step",
 }
 SKIPPABLE = ("in_process", "single_worker", "batch1", "torch")
-QUICK = {"texts": 96, "duration_s": 4.0, "max_steps": 3, "rounds": 1, "probe_s": 2.0, "ceiling_s": 2.0, "quiet_wait_s": 5.0}
+QUICK = {"texts": 96, "duration_s": 4.0, "max_steps": 3, "rounds": 1, "probe_s": 2.0, "ceiling_s": 2.0, "quiet_wait_s": 5.0,
+         "overload_step_s": 4.0}
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,8 @@ class BenchConfig:
     log_dir: Path = Path("reports/bench")
     quick: bool = False
     seed: int = 0
+    overload: bool = False
+    overload_step_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size == 0:
@@ -141,7 +151,7 @@ class BenchConfig:
         for name in ("texts", "max_batch_size", "max_steps", "rounds", "probe_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("duration_s", "probe_s", "ceiling_s", "sla_p95_ms", "timeout_s"):
+        for name in ("duration_s", "probe_s", "ceiling_s", "sla_p95_ms", "timeout_s", "overload_step_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.max_error_rate <= 1:
@@ -299,13 +309,13 @@ def _tight_loop(runner, batches: list[list[str]], streams: int, seconds: float) 
 
 
 def serve_and_search(name: str, cmd: list[str], bodies: list[bytes], config: BenchConfig,
-                     fractions: tuple[float, ...] = (), log_name: str = "") -> dict:
-    """Start `cmd` as a served process, search its capacity, stop it."""
+                     fractions: tuple[float, ...] = (), log_name: str = "", bound: float | None = None) -> dict:
+    """Start `cmd` as a served process, search its capacity, stop it (`bound`: see search)."""
     log = config.log_dir / f"{log_name or name}.log"
     with ServedProcess(cmd, log, parse_cpus(config.server_cpus)) as proc:
         return {"command": shlex.join(cmd[1:] + ["--port", str(proc.port)]), "ready": proc.ready_body,
                 "model_info": proc.get_json("/v1/model") if name.startswith("server") else {},
-                **asyncio.run(search_served(name, proc, bodies, config, fractions))}
+                **asyncio.run(search_served(name, proc, bodies, config, fractions, bound))}
 
 
 def server_rounds(config: BenchConfig, cmd: list[str], bodies: list[bytes], texts: list[str], tokens: list[int],
@@ -349,12 +359,12 @@ def ideal_search(config: BenchConfig, result: dict, tokens: list[int], ceiling: 
 
 
 async def search_served(name: str, proc: ServedProcess, bodies: list[bytes], config: BenchConfig,
-                        extra_fractions: tuple[float, ...] = ()) -> dict:
+                        extra_fractions: tuple[float, ...] = (), bound: float | None = None) -> dict:
     """`search` over HTTP against a served process."""
     async with LeanClient(proc.url) as client:
         requests = [client.build("POST", "/v1/predict", body) for body in bodies]
         return await search(
-            name, config, extra_fractions, own_cpu=proc.cpu_seconds, where=f" (see {proc.log_path})",
+            name, config, extra_fractions, own_cpu=proc.cpu_seconds, where=f" (see {proc.log_path})", bound=bound,
             probe=lambda n, seconds: closed_loop_throughput(client, requests, n, seconds),
             step=lambda rate, seed: run_step(client, requests, rate, config.duration_s, seed=seed,
                                              timeout_s=config.timeout_s, server_cpu=proc.cpu_seconds))
@@ -373,15 +383,20 @@ async def search_in_process(name: str, server_config, texts: list[str], config: 
 
 
 async def search(name: str, config: BenchConfig, extra_fractions: tuple[float, ...], probe, step,
-                 own_cpu=None, where: str = "") -> dict:
+                 own_cpu=None, where: str = "", bound: float | None = None) -> dict:
     """Probe closed-loop throughput, then bisect the open-loop rate that meets the SLA.
 
     `probe(concurrency, seconds)` and `step(rate, seed)` are awaitables measuring the target;
-    `own_cpu` returns its CPU seconds when it is another process.
+    `own_cpu` returns its CPU seconds when it is another process. `bound`, when given, stands
+    for the probe's throughput (the search then starts where another target's did: the same
+    grid of rates, so two capacities compare like for like).
     """
     await probe(4, min(2.0, config.probe_s))  # warm-up
-    bound = await probe(config.probe_concurrency, config.probe_s)
-    print(f"[{name}] closed-loop throughput ({config.probe_concurrency} clients): {bound:.1f} req/s", flush=True)
+    if bound is None:
+        bound = await probe(config.probe_concurrency, config.probe_s)
+        print(f"[{name}] closed-loop throughput ({config.probe_concurrency} clients): {bound:.1f} req/s", flush=True)
+    else:
+        print(f"[{name}] search starts from a closed-loop throughput of {bound:.1f} req/s (given)", flush=True)
     if bound <= 0:
         return {"closed_loop_rps": 0.0, "capacity_rps": 0.0, "capacity_is_lower_bound": False,
                 "at_capacity": None, "at_fraction": {}, "steps": [],
@@ -424,7 +439,37 @@ def _describe(step) -> str:
             f"{step.client_cpu_cores:.2f}, other processes {other}")
 
 
+def run_overload_bench(config: BenchConfig, argv: list[str]) -> int:
+    """The overload benchmark (loadtest/overload.py) on the server's default layout."""
+    texts, source = load_texts(config.texts, config.data_dir, seed=config.seed)
+    bodies = payloads(texts)
+    info = machine_info()
+    print(f"bench --overload: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
+          f"{info['logical_cpus']} CPUs", flush=True)
+    from server.runner import model_on_gpu, thread_layout
+
+    workers, threads = thread_layout(config.inference_workers, config.intra_op_threads, model_on_gpu(config.model_dir))
+    cmd = [sys.executable, "-m", "server", "--model-dir", str(config.model_dir), "--host", "127.0.0.1",
+           "--inference-workers", str(workers), "--intra-op-threads", str(threads),
+           "--max-batch-size", str(config.max_batch_size), *shlex.split(config.server_args)]
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    results = run_overload(config, cmd, bodies,
+                           lambda name, command, bound=None: serve_and_search(name, command, bodies, config,
+                                                                              log_name=name.replace(" ", "_"),
+                                                                              bound=bound))
+    info["load_average_end"] = os.getloadavg()
+    paths = write_overload_report(config.output_dir, {
+        "command": "python -m loadtest.bench " + shlex.join(argv),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "texts": {"count": len(texts), "source": source}, "machine": info, **results,
+    })
+    print(f"wrote {', '.join(str(p) for p in paths)}", flush=True)
+    return 0
+
+
 def run(config: BenchConfig, argv: list[str]) -> int:
+    if config.overload:
+        return run_overload_bench(config, argv)
     texts, source = load_texts(config.texts, config.data_dir, seed=config.seed)
     bodies = payloads(texts)
     info = machine_info()
@@ -487,11 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.splitlines()[0])
     for f in fields(BenchConfig):
         flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
+        if f.name == "quick":
             parser.add_argument(flag, action="store_true", help="smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
                                 + "; output to reports/bench-quick unless --output-dir is given")
+        elif f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=_HELP[f.name])
         elif f.name in ("model_dir", "checkpoint"):
-            parser.add_argument(flag, type=Path, required=True, help=_HELP[f.name])
+            parser.add_argument(flag, type=Path, required=f.name == "model_dir", help=_HELP[f.name])
         else:
             kind = {"int": int, "float": float, "str": str, "Path": Path}[f.type]
             default = f" (default: {f.default})" if f.default not in ("", 0) else ""
@@ -510,13 +557,21 @@ def main(argv: list[str] | None = None) -> int:
     if args["quick"]:
         defaults.update(QUICK, output_dir=Path("reports/bench-quick"))
     values = {k: (defaults[k] if v is None and k in defaults else v) for k, v in args.items()}
+    values["overload"] = bool(args["overload"])
+    if values["checkpoint"] is None:
+        if not values["overload"] and "torch" not in (values["skip"] or "").split(","):
+            print("error: --checkpoint is required (the PyTorch baseline serves it), unless --overload or "
+                  "--skip torch", file=sys.stderr)
+            return 2
+        values["checkpoint"] = Path("-")
     try:
         config = BenchConfig(**values)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path, what in ((config.model_dir / "model.onnx", "--model-dir"), (config.checkpoint / "config.json", "--checkpoint")):
-        if not path.is_file() and not (what == "--checkpoint" and "torch" in config.skipped):
+        unused = what == "--checkpoint" and ("torch" in config.skipped or config.overload)
+        if not path.is_file() and not unused:
             print(f"error: {what} {path.parent} has no {path.name}", file=sys.stderr)
             return 2
     # SIGTERM unwinds like Ctrl-C, so the served processes' context managers stop them.

@@ -1,11 +1,11 @@
-"""The server's batcher and inference workers, driven in this process without HTTP.
+"""The server's inference layer, batcher and inference workers, driven in this process without HTTP.
 
 The benchmark's configuration 2c. Between the ceiling (a queue that is never empty) and the
 HTTP server (2) lie two kinds of loss: queueing under random arrivals, and everything HTTP
 costs (parsing, JSON, the event loop, the load generator beside the server). Here each
-arrival is tokenized where it arrives (the CPU the server's tokenizer thread spends) and
-submitted to a real `MicroBatcher` running the real `OnnxRunner` with the server's settings;
-its answer is the batch's future. So 2c sits between 1 and 2, and splits the gap.
+arrival calls the server's own `InferenceService.predict` (admission, the tokenizer thread, the
+real `MicroBatcher` running the real `OnnxRunner` with the server's settings), so 2c sits
+between 1 and 2, and splits the gap.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import asyncio
 from typing import Sequence
 
 from loadtest.openloop import Start
-from server.app import batch_limits, inference_workers, load_runner
-from server.batcher import MicroBatcher
+from server.app import load_runner
 from server.config import ServerConfig
+from server.inference import InferenceService, startup_timings
 
 
 class InProcessServer:
@@ -25,37 +25,28 @@ class InProcessServer:
         self.texts = list(texts)
         self.runner = load_runner(config)
         self.runner.warmup()
-        self.workers = inference_workers(config, self.runner)
-        self.limits = batch_limits(config, self.runner)
+        self._timings = startup_timings(self.runner)
         self._config = config
-        self.batcher: MicroBatcher | None = None
+        self.service: InferenceService | None = None
 
     async def __aenter__(self) -> InProcessServer:
-        self.batcher = MicroBatcher(self.runner.predict, self.limits, self._config.max_queue, workers=self.workers)
-        await self.batcher.start()
+        self.service = InferenceService(self.runner, self._config, timings=self._timings)
+        await self.service.start()
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self.batcher.stop()
+        await self.service.stop()
 
     def start(self, timeout_s: float) -> Start:
-        """Text k: tokenize, submit with a deadline of `timeout_s`, answer = its future."""
-        loop = asyncio.get_running_loop()
+        """Text k: `service.predict([text])` as a task; its answer is the task's result. The
+        server's --request-timeout-ms applies, as over HTTP (`timeout_s` bounds nothing here)."""
+        service = self.service
 
         def start(k: int) -> asyncio.Future:
-            try:
-                (future,) = self.batcher.submit(self.runner.encode([self.texts[k]]), loop.time() + timeout_s)
-            except Exception as exc:  # noqa: BLE001 - QueueFull, ShuttingDown: an error answer, as over HTTP
-                future = loop.create_future()
-                future.set_exception(exc)
-            return future
+            return asyncio.ensure_future(service.predict([self.texts[k]]))
 
         return start
 
     def info(self) -> dict:
         """The settings in force, shaped like the server's GET /v1/model."""
-        return {"intra_op_threads": self.runner.info.get("intra_op_threads"),
-                "batching": {"inference_workers": self.workers, "max_batch_size": self.limits.max_batch_size,
-                             "max_batch_tokens": self.limits.max_batch_tokens,
-                             "max_wait_ms": self.limits.max_wait_s * 1000.0,
-                             "max_padding_ratio": self.limits.max_padding}}
+        return {"intra_op_threads": self.runner.info.get("intra_op_threads"), "batching": self.service.info()}

@@ -110,24 +110,69 @@ async def run_step(client: LeanClient, requests: Sequence[bytes], rate: float, d
                                 seed, server_cpu, status_of=http_status)
 
 
+@dataclass
+class Samples:
+    """Every request of one open-loop step: when it was due (seconds from the step's start),
+    its latency from then (ms) and its status (200, another HTTP status, or an exception's name)."""
+
+    rate: float
+    duration_s: float
+    due_s: np.ndarray
+    latency_ms: np.ndarray
+    status: list
+    send_lag_s: np.ndarray
+    wall_s: float
+    client_cpu_s: float
+    server_cpu_s: float | None = None
+    system_busy_s: float | None = None
+
+    def step_result(self) -> StepResult:
+        sent = len(self.status)
+        kinds: dict[str, int] = {}
+        for status in self.status:
+            if status != 200:
+                kinds[str(status)] = kinds.get(str(status), 0) + 1
+        errors = sum(kinds.values())
+        wall, cpu = self.wall_s, self.client_cpu_s
+        srv = self.server_cpu_s / wall if self.server_cpu_s is not None else None
+        other = (self.system_busy_s / wall - cpu / wall - (srv or 0.0)) if self.system_busy_s is not None else None
+        pct = (lambda q: float(np.percentile(self.latency_ms, q))) if sent else (lambda q: math.nan)
+        return StepResult(
+            rate=self.rate, duration_s=self.duration_s, sent=sent, ok=sent - errors, errors=errors,
+            p50_ms=pct(50), p95_ms=pct(95), p99_ms=pct(99), max_ms=pct(100),
+            achieved_rps=(sent - errors) / wall,
+            send_lag_p99_ms=float(np.percentile(self.send_lag_s, 99) * 1000.0) if sent else 0.0,
+            client_cpu_cores=cpu / wall, server_cpu_cores=srv,
+            other_cpu_cores=max(0.0, other) if other is not None else None, error_kinds=dict(sorted(kinds.items())),
+        )
+
+
 async def open_loop_step(start: Start, items: int, rate: float, duration_s: float, seed: int = 0,
                          server_cpu=None, status_of=lambda result: 200) -> StepResult:
     """Poisson arrivals at `rate`/s for `duration_s`, each calling `start` on the next of
     `items` (from a seeded offset); waits for every answer. `status_of` turns a future's
-    result into a status.
+    result into a status."""
+    samples = await open_loop_samples(start, items, rate, duration_s, seed, server_cpu, status_of)
+    return samples.step_result()
+
+
+async def open_loop_samples(start: Start, items: int, rate: float, duration_s: float, seed: int = 0,
+                            server_cpu=None, status_of=lambda result: 200, stretch: bool = True) -> Samples:
+    """As open_loop_step, but every request's figures (`stretch=False`: exactly `duration_s`,
+    however few requests that makes).
 
     Bounded: about rate * duration_s requests. Each arrival is a timer callback (no task,
     no sleep per request): the generator shares the CPUs with the server, so what it spends
     per request is measured and kept small.
     """
     rng = random.Random(seed)
-    duration_s = step_duration(rate, duration_s)
+    duration_s = step_duration(rate, duration_s) if stretch else duration_s
     arrivals = poisson_arrivals(rate, duration_s, rng)
     offset = rng.randrange(items)
     loop = asyncio.get_running_loop()
     latencies = np.full(len(arrivals), np.nan)
     lags = np.zeros(len(arrivals))
-    kinds: dict[str, int] = {}
+    statuses: list = [None] * len(arrivals)
     finished = loop.create_future()
     pending = [len(arrivals)]
 
@@ -135,11 +180,9 @@ async def open_loop_step(start: Start, items: int, rate: float, duration_s: floa
         latencies[i] = (loop.time() - due) * 1000.0
         exc = fut.exception()
         if exc is None:
-            status = status_of(fut.result())
+            statuses[i] = status_of(fut.result())
         else:
-            status = "timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
-        if status != 200:
-            kinds[str(status)] = kinds.get(str(status), 0) + 1
+            statuses[i] = "timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
         pending[0] -= 1
         if pending[0] == 0 and not finished.done():
             finished.set_result(None)
@@ -159,19 +202,12 @@ async def open_loop_step(start: Start, items: int, rate: float, duration_s: floa
         for timer in timers:  # cancelled from outside: send nothing more
             timer.cancel()
     wall = time.perf_counter() - wall0
-    cpu = _cpu_seconds() - cpu0
-    srv = (server_cpu() - srv0) / wall if server_cpu and srv0 is not None else None
     busy = _system_busy_seconds()
-    other = (busy - sys0) / wall - cpu / wall - (srv or 0.0) if busy is not None and sys0 is not None else None
-    errors = sum(kinds.values())
-    pct = (lambda q: float(np.percentile(latencies, q))) if len(arrivals) else (lambda q: math.nan)
-    return StepResult(
-        rate=rate, duration_s=duration_s, sent=len(arrivals), ok=len(arrivals) - errors, errors=errors,
-        p50_ms=pct(50), p95_ms=pct(95), p99_ms=pct(99), max_ms=pct(100),
-        achieved_rps=(len(arrivals) - errors) / wall,
-        send_lag_p99_ms=float(np.percentile(lags, 99) * 1000.0) if len(arrivals) else 0.0,
-        client_cpu_cores=cpu / wall, server_cpu_cores=srv,
-        other_cpu_cores=max(0.0, other) if other is not None else None, error_kinds=dict(sorted(kinds.items())),
+    return Samples(
+        rate=rate, duration_s=duration_s, due_s=np.asarray(arrivals, dtype=float), latency_ms=latencies,
+        status=statuses, send_lag_s=lags, wall_s=wall, client_cpu_s=_cpu_seconds() - cpu0,
+        server_cpu_s=server_cpu() - srv0 if server_cpu and srv0 is not None else None,
+        system_busy_s=busy - sys0 if busy is not None and sys0 is not None else None,
     )
 
 

@@ -112,6 +112,13 @@ class ServedProcess:
             fields = fh.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def main_thread_cpu_seconds(self) -> float:
+        """CPU time of the process's main thread alone: the server's event loop, where HTTP,
+        admission and refusals run (the tokenizer and inference have threads of their own)."""
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, timeout_s: float = 15.0) -> tuple[int | None, float]:
         """SIGTERM, then kill after `timeout_s`: (exit status, None if killed; seconds taken)."""
         start = time.monotonic()

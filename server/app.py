@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from server import handlers
-from server.batcher import BatchLimits, MicroBatcher
 from server.config import ServerConfig
 from server.errors import error_middleware
+from server.inference import InferenceService, startup_timings
 from server.metrics import Metrics
 from server.openapi import openapi_handler
 from server.runner import OnnxRunner, Runner, model_on_gpu, thread_layout, uses_cuda
-from server.state import BATCHER, CONFIG, METRICS, RUNNER, STATE, ServerState
+from server.state import BATCHER, CONFIG, METRICS, RUNNER, SERVICE, STATE, ServerState
 
 log = logging.getLogger("server.app")
 
@@ -29,7 +28,6 @@ def create_app(config: ServerConfig, runner: Runner | None = None, metrics: Metr
     if runner is not None:
         app[RUNNER] = runner
     app.cleanup_ctx.append(_model_ctx)
-    app.cleanup_ctx.append(_batcher_ctx)
     app.router.add_post("/v1/predict", handlers.predict, name="predict")
     app.router.add_get("/v1/model", handlers.model_info, name="model")
     app.router.add_get("/healthz", handlers.healthz, name="healthz")
@@ -61,51 +59,26 @@ def load_runner(config: ServerConfig) -> OnnxRunner:
     return runner
 
 
-CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 256, 8192
-
-
-def _on_gpu(runner: Runner) -> bool:
-    return uses_cuda(runner.info.get("providers", ()))
-
-
-def batch_limits(config: ServerConfig, runner: Runner) -> BatchLimits:
-    """The batcher's limits; --max-batch-tokens 0 picks the device's budget (see config)."""
-    tokens = config.max_batch_tokens or (GPU_BATCH_TOKENS if _on_gpu(runner) else CPU_BATCH_TOKENS)
-    return BatchLimits(config.max_batch_size, tokens, config.max_wait_ms / 1000.0, config.max_padding_ratio)
-
-
-def inference_workers(config: ServerConfig, runner: Runner) -> int:
-    """--inference-workers, or by default one per core on CPU and one on a GPU."""
-    return thread_layout(config.inference_workers, gpu=_on_gpu(runner))[0]
-
-
 async def _model_ctx(app: web.Application):
-    """Load (if not given) and warm up the model off the event loop; then ready."""
-    config, loop = app[CONFIG], asyncio.get_running_loop()
+    """Load (if not given) and warm up the model off the event loop, start the inference
+    layer (seeded with the warm-up's batch timings); then ready. On cleanup, the reverse."""
+    config, state, loop = app[CONFIG], app[STATE], asyncio.get_running_loop()
     if RUNNER not in app:
         app[RUNNER] = await loop.run_in_executor(None, lambda: load_runner(config))
-    runner = app[RUNNER]
+    runner: Runner = app[RUNNER]
     await loop.run_in_executor(None, runner.warmup)
+    timings = await loop.run_in_executor(None, startup_timings, runner)
     app[METRICS].set_model_info(runner.info)
+    service = InferenceService(runner, config, app[METRICS], timings=timings)
+    app[SERVICE] = service
+    app[BATCHER] = service.batcher
+    await service.start()
     log.info("model %s %s ready (%s)", runner.info["model_name"], runner.info["model_version"],
              runner.info.get("quantization"))
-    yield
-
-
-async def _batcher_ctx(app: web.Application):
-    config, state = app[CONFIG], app[STATE]
-    batcher = MicroBatcher(app[RUNNER].predict, batch_limits(config, app[RUNNER]), config.max_queue, app[METRICS],
-                           workers=inference_workers(config, app[RUNNER]))
-    app[BATCHER] = batcher
-    # One tokenizer thread: the ONNX session already takes the cores (see runner.py);
-    # tokenizing one request takes well under a millisecond.
-    state.tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
-    await batcher.start()
     state.ready = True
     yield
     state.ready = False
-    await batcher.stop()
-    state.tokenizer_pool.shutdown(wait=True)
+    await service.stop()
 
 
 def begin_drain(app: web.Application) -> None:

@@ -20,11 +20,16 @@ threads, which waits at every parallel section for its slower half (docs/BENCHMA
 The policy is two pure functions (`dispatch_delay`, `select_batch`) so it can be tested
 with numbers, without an event loop. The model code (`run_batch`) receives a list of id
 arrays and returns one probability row per array; it knows nothing of queues or HTTP.
+
+For latency-aware admission (server/admission.py) the batcher reports its `backlog` (what is
+queued and what the workers are running) and feeds every batch's time to the cost model. A
+text may carry a latest start (`shed_at`): still queued then, it is shed (`Shed`), never run.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,11 +37,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from server.admission import Backlog, estimated_batches
+from server.costmodel import BatchCostModel
 from server.metrics import Metrics
 
 log = logging.getLogger("server.batcher")
 
 RunBatch = Callable[[list[np.ndarray]], np.ndarray]
+# Inference threads run a little below the event loop's priority. On a box with as many workers
+# as cores the loop otherwise waits for a core behind a batch, and every answer, refusal and
+# new request waits with it: under overload a refusal's latency is mostly that wait. The cores
+# stay as busy as before; the loop only goes first.
+INFERENCE_NICE = 5
 
 
 class QueueFull(Exception):
@@ -45,6 +57,10 @@ class QueueFull(Exception):
 
 class DeadlineExceeded(Exception):
     """The text's deadline passed before its batch started; it was never run."""
+
+
+class Shed(Exception):
+    """The text could no longer finish within its latency budget; it was dropped unrun."""
 
 
 class BatchFailed(Exception):
@@ -78,6 +94,7 @@ class Entry:
     future: asyncio.Future
     arrival: float
     deadline: float
+    shed_at: float = float("inf")  # latest start that still meets the latency budget
     tokens: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -144,7 +161,7 @@ class MicroBatcher:
     """Owns the queue, the inference worker threads and the deadline watchdog task."""
 
     def __init__(self, run_batch: RunBatch, limits: BatchLimits, max_queue: int,
-                 metrics: Metrics | None = None, workers: int = 1) -> None:
+                 metrics: Metrics | None = None, workers: int = 1, cost: BatchCostModel | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._run_batch = run_batch
@@ -152,6 +169,7 @@ class MicroBatcher:
         self.max_queue = max_queue
         self._metrics = metrics
         self.workers = workers
+        self.cost = cost
         # Guards _pending and _stopping: the loop thread adds texts, workers take batches.
         self._cond = threading.Condition()
         self._pending: list[Entry] = []
@@ -161,21 +179,36 @@ class MicroBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         self._threads: list[threading.Thread] = []
+        # What the queue holds, recounted at every change (under the lock) for `backlog`:
+        # (small texts, their tokens, big texts, their tokens); big = over half the token budget.
+        self._queued = (0, 0, 0, 0)
+        # Worker index -> (start, predicted seconds) of the batch it runs; written by that worker.
+        self._running: dict[int, tuple[float, float]] = {}
 
     @property
     def depth(self) -> int:
         return len(self._pending)
 
+    def backlog(self, now: float) -> Backlog:
+        """What is ahead of a text queued at `now` (monotonic clock). Read without the lock:
+        a snapshot a batch old at worst, which the admission threshold's steering absorbs."""
+        small, small_tokens, big, big_tokens = self._queued
+        running = sum(max(predicted - (now - start), 0.0) for start, predicted in list(self._running.values()))
+        batches = estimated_batches(small, small_tokens, big, self.limits.max_batch_size, self.limits.max_batch_tokens)
+        return Backlog(running_s=running, queued_tokens=small_tokens + big_tokens, queued_batches=batches)
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._watch_deadlines(), name="batcher-deadlines")
-        self._threads = [threading.Thread(target=self._work, name=f"inference_{k}", daemon=True)
+        self._threads = [threading.Thread(target=self._work, args=(k,), name=f"inference_{k}", daemon=True)
                          for k in range(self.workers)]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, seqs: Sequence[np.ndarray], deadline: float) -> list[asyncio.Future]:
-        """Queue all texts of one request, or none of them (QueueFull) - never a wait."""
+    def submit(self, seqs: Sequence[np.ndarray], deadline: float,
+               shed_at: Sequence[float] | None = None) -> list[asyncio.Future]:
+        """Queue all texts of one request, or none of them (QueueFull) - never a wait.
+        `shed_at` (one per text): latest starts, past which a queued text is shed."""
         loop = asyncio.get_running_loop()
         with self._cond:
             if self._stopping:
@@ -183,13 +216,14 @@ class MicroBatcher:
             if len(self._pending) + len(seqs) > self.max_queue:
                 raise QueueFull(f"queue holds {len(self._pending)} of {self.max_queue} texts")
             now = loop.time()
-            entries = [Entry(ids, loop.create_future(), now, deadline) for ids in seqs]
+            sheds = shed_at if shed_at is not None else [float("inf")] * len(seqs)
+            entries = [Entry(ids, loop.create_future(), now, deadline, shed) for ids, shed in zip(seqs, sheds)]
             self._pending.extend(entries)
             self._set_depth()
             self._cond.notify(len(entries))
         # Deadlines mostly arrive in order, so the watchdog's timer rarely needs to move: waking
         # it for every text cost the loop an extra task step per request.
-        if deadline < self._armed:
+        if min(deadline, min((e.shed_at for e in entries), default=deadline)) < self._armed:
             self._wake.set()
         return [e.future for e in entries]
 
@@ -212,7 +246,8 @@ class MicroBatcher:
 
     # -- workers (threads) ------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, index: int) -> None:
+        _lower_priority(INFERENCE_NICE)
         while True:
             try:
                 batch = self._take()
@@ -227,18 +262,25 @@ class MicroBatcher:
             if batch is None:
                 return
             self._observe(batch)
+            tokens = sum(e.tokens for e in batch)
+            line = self.cost.line if self.cost is not None else None
             try:
                 started = time.perf_counter()
+                self._running[index] = (time.monotonic(), line.seconds(tokens) if line else 0.0)
                 probs = self._run_batch([e.ids for e in batch])
                 seconds = time.perf_counter() - started
                 if len(probs) != len(batch):
                     raise RuntimeError(f"runner returned {len(probs)} rows for {len(batch)} texts")
             except Exception as exc:  # noqa: BLE001 - any failure stays inside this batch
+                self._running.pop(index, None)
                 log.error("inference batch of %d texts failed: %r", len(batch), exc, exc_info=exc)
                 if self._metrics:
                     self._metrics.batch_failures.inc()
                 self._loop.call_soon_threadsafe(_fail, batch, BatchFailed("inference failed for this batch"))
                 continue
+            self._running.pop(index, None)
+            if self.cost is not None:
+                self.cost.observe(tokens, seconds)
             if self._metrics:
                 self._metrics.inference_duration.observe(seconds)
             self._loop.call_soon_threadsafe(_answer, batch, probs)
@@ -283,7 +325,7 @@ class MicroBatcher:
             self._wake.clear()
             with self._cond:
                 self._drop_dead(time.monotonic())
-                first = min((e.deadline for e in self._pending), default=None)
+                first = min((min(e.deadline, e.shed_at) for e in self._pending), default=None)
             self._armed = float("inf") if first is None else first
             # A timer instead of asyncio.wait_for, which before Python 3.12 can swallow a
             # cancel that lands as the event is set (stop() then waits forever).
@@ -296,25 +338,51 @@ class MicroBatcher:
 
     def _drop_dead(self, now: float) -> None:
         """Under the lock: skip texts whose caller went away; fail texts whose deadline passed
-        (never run). Futures are only touched on the loop's thread."""
-        keep, expired = [], []
+        and shed those past their latest start (never run). Futures are only touched on the
+        loop's thread."""
+        keep, expired, shed = [], [], []
         for entry in self._pending:
             if entry.future.done():  # cancelled: the client disconnected or its handler gave up
                 continue
-            (expired if entry.deadline <= now else keep).append(entry)
+            if entry.deadline <= now:
+                expired.append(entry)
+            elif entry.shed_at <= now:
+                shed.append(entry)
+            else:
+                keep.append(entry)
         if len(keep) == len(self._pending):
             return
         self._pending = keep
         self._set_depth()
-        if expired:
-            if self._metrics:
-                for entry in expired:
-                    self._metrics.queue_wait.observe(now - entry.arrival)
-            self._loop.call_soon_threadsafe(_fail, expired, DeadlineExceeded("deadline passed while queued"))
+        for entries, exc in ((expired, DeadlineExceeded("deadline passed while queued")),
+                             (shed, Shed("could not finish within its latency budget"))):
+            if entries:
+                if self._metrics:
+                    for entry in entries:
+                        self._metrics.queue_wait.observe(now - entry.arrival)
+                self._loop.call_soon_threadsafe(_fail, entries, exc)
 
     def _set_depth(self) -> None:
+        """Under the lock, after every change to the queue: its counts for `backlog` and the gauge."""
+        half = self.limits.max_batch_tokens / 2
+        small = small_tokens = big = big_tokens = 0
+        for entry in self._pending:
+            if entry.tokens > half:
+                big, big_tokens = big + 1, big_tokens + entry.tokens
+            else:
+                small, small_tokens = small + 1, small_tokens + entry.tokens
+        self._queued = (small, small_tokens, big, big_tokens)
         if self._metrics:
             self._metrics.queue_depth.set(len(self._pending))
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise this thread's nice value (Linux: per thread). Best effort: elsewhere, or where it
+    is refused, the thread keeps the process's priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    except (AttributeError, OSError):
+        pass
 
 
 def _answer(batch: list[Entry], probs: np.ndarray) -> None:

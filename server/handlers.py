@@ -3,21 +3,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 import uuid
 
-import numpy as np
 import orjson
 from aiohttp import web
 
 from server import batcher as b
+from server import inference
 from server.errors import ApiError
 from server.schemas import check_content_type, parse_predict_body
-from server.state import BATCH_SIZE, BATCHER, CONFIG, METRICS, REJECT_REASON, REQUEST_ID, RUNNER, STATE, TEXT_COUNT
+from server.state import BATCH_SIZE, CONFIG, METRICS, REJECT_REASON, REQUEST_ID, RUNNER, SERVICE, STATE, TEXT_COUNT
 
 access_log = logging.getLogger("server.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A client's own, tighter latency budget in milliseconds (as Envoy's x-envoy-expected-rq-timeout-ms).
+BUDGET_HEADER = "X-Latency-Budget-Ms"
 
 
 def json_response(data, status: int = 200, headers: dict | None = None) -> web.Response:
@@ -25,13 +28,33 @@ def json_response(data, status: int = 200, headers: dict | None = None) -> web.R
                         content_type="application/json", headers=headers)
 
 
-def _retry_later(code: str, message: str, reason: str) -> ApiError:
-    return ApiError(503, code, message, reason=reason, headers={"Retry-After": "1"})
+def _retry_later(code: str, message: str, reason: str, seconds: int = 1) -> ApiError:
+    return ApiError(503, code, message, reason=reason, headers={"Retry-After": str(seconds)})
+
+
+def _overloaded(exc: inference.Overloaded) -> ApiError:
+    return _retry_later("overloaded", f"server is overloaded: {exc}; retry later or elsewhere", "overloaded",
+                        exc.retry_after_s)
+
+
+def requested_budget(request: web.Request) -> float | None:
+    """The tighter latency budget a client asked for (BUDGET_HEADER, milliseconds), in seconds."""
+    raw = request.headers.get(BUDGET_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ApiError(400, "invalid_request", f"{BUDGET_HEADER} must be a positive number of milliseconds, "
+                       f"got {raw[:40]!r}", reason="invalid")
+    return value / 1000.0
 
 
 async def predict(request: web.Request) -> web.Response:
     app = request.app
-    state, config, runner, batcher = app[STATE], app[CONFIG], app[RUNNER], app[BATCHER]
+    state = app[STATE]
     if state.draining:
         raise ApiError(503, "shutting_down", "server is shutting down; retry on another instance",
                        reason="draining", headers={"Retry-After": "1", "Connection": "close"})
@@ -41,7 +64,7 @@ async def predict(request: web.Request) -> web.Response:
     state.idle.clear()
     app[METRICS].inflight.inc()
     try:
-        return await _predict(request, config, runner, batcher, state)
+        return await _predict(request, app[CONFIG], app[SERVICE])
     finally:
         state.inflight -= 1
         app[METRICS].inflight.dec()
@@ -49,68 +72,52 @@ async def predict(request: web.Request) -> web.Response:
             state.idle.set()
 
 
-async def _predict(request, config, runner, batcher, state) -> web.Response:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + config.request_timeout_ms / 1000.0
+async def _predict(request: web.Request, config, service: inference.InferenceService) -> web.Response:
+    """Parse, call the inference layer, serialise."""
+    arrival = asyncio.get_running_loop().time()
+    budget = service.effective_budget(requested_budget(request))
     check_content_type(request.content_type)
     if request.content_length is not None and request.content_length > config.max_body_bytes:
         raise ApiError(413, "body_too_large", f"body of {request.content_length} bytes; at most "
                        f"{config.max_body_bytes}", reason="too_large")
-    body = await request.read()  # aiohttp enforces client_max_size while reading (chunked bodies)
-    texts, single = parse_predict_body(body, config.max_texts_per_request, config.max_text_chars)
-    request[TEXT_COUNT] = len(texts)
-    # Refuse before tokenizing: an overloaded server must say no cheaply.
-    if batcher.depth + len(texts) > batcher.max_queue:
-        raise _retry_later("queue_full", "server is at capacity; retry shortly", "queue_full")
-
-    started = time.perf_counter()
-    seqs = await loop.run_in_executor(state.tokenizer_pool, runner.encode, texts)
-    request.app[METRICS].tokenize_duration.observe(time.perf_counter() - started)
-    if not config.truncate:
-        for i, seq in enumerate(seqs):
-            if len(seq) > runner.max_length:
-                where = "\"text\"" if single else f"\"texts\"[{i}]"
-                raise ApiError(422, "text_too_long", f"{where} has {len(seq)} tokens; the model takes at most "
-                               f"{runner.max_length} and truncation is off", reason="too_large")
     try:
-        futures = batcher.submit(seqs, deadline)
+        service.check_overload(arrival, budget)  # before reading the body: an overloaded server says no cheaply
+        body = await request.read()  # aiohttp enforces client_max_size while reading (chunked bodies)
+        texts, single = parse_predict_body(body, config.max_texts_per_request, config.max_text_chars)
+        request[TEXT_COUNT] = len(texts)
+        answer = await service.predict(texts, arrival, budget)
+    except inference.Overloaded as exc:
+        raise _overloaded(exc) from None
     except b.QueueFull:
         raise _retry_later("queue_full", "server is at capacity; retry shortly", "queue_full") from None
     except b.ShuttingDown:
         raise _retry_later("shutting_down", "server is shutting down", "draining") from None
-    try:
-        # One text (most requests): await its future itself; gather costs extra loop turns.
-        results: list[b.BatchResult] = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
+    except inference.TextTooLong as exc:
+        where = "\"text\"" if single else f"\"texts\"[{exc.index}]"
+        raise ApiError(422, "text_too_long", f"{where} has {exc.tokens} tokens; the model takes at most "
+                       f"{exc.max_length} and truncation is off", reason="too_large") from None
+    except b.Shed:
+        raise _retry_later("overloaded", "server is overloaded: this request could no longer finish within its "
+                           f"{budget * 1000:.0f} ms latency budget and was not run; retry later or elsewhere",
+                           "shed") from None
     except b.DeadlineExceeded:
         raise ApiError(504, "deadline_exceeded", f"not scheduled within {config.request_timeout_ms:g} ms; "
                        "the server is overloaded", reason="deadline") from None
     except b.BatchFailed:
         raise ApiError(500, "inference_failed", "inference failed for this request's batch") from None
-    except b.ShuttingDown:
-        raise _retry_later("shutting_down", "server shut down before this request ran", "draining") from None
-    request[BATCH_SIZE] = max(r.batch_size for r in results)
-    predictions = [_prediction(r.probabilities, runner.labels) for r in results]
-    model = {"name": runner.info["model_name"], "version": runner.info["model_version"]}
+    request[BATCH_SIZE] = answer.batch_size
+    predictions = answer.predictions()
+    info = service.runner.info
+    model = {"name": info["model_name"], "version": info["model_version"]}
     if single:
         return json_response({**predictions[0], "model": model})
     return json_response({"predictions": predictions, "model": model})
 
 
-def _prediction(probs: np.ndarray, labels: tuple[str, ...]) -> dict:
-    best = int(np.argmax(probs))
-    return {"label": labels[best], "score": float(probs[best]),
-            "probabilities": {label: float(p) for label, p in zip(labels, probs)}}
-
-
 async def model_info(request: web.Request) -> web.Response:
-    config, batcher = request.app[CONFIG], request.app[BATCHER]
+    config = request.app[CONFIG]
     info = dict(request.app[RUNNER].info)
-    info["batching"] = {  # as resolved at start-up (0 = auto settings show their value)
-        "max_batch_size": config.max_batch_size, "max_batch_tokens": batcher.limits.max_batch_tokens,
-        "max_wait_ms": config.max_wait_ms, "max_queue": config.max_queue,
-        "max_padding_ratio": config.max_padding_ratio, "inference_workers": batcher.workers,
-        "request_timeout_ms": config.request_timeout_ms,
-    }
+    info["batching"] = request.app[SERVICE].info()  # as resolved at start-up (0 = auto settings show their value)
     info["limits"] = {"max_text_chars": config.max_text_chars,
                       "max_texts_per_request": config.max_texts_per_request,
                       "max_body_bytes": config.max_body_bytes}
@@ -131,6 +138,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    service = request.app.get(SERVICE)
+    if service is not None:
+        service.observe_cost_gauges()
+        service.predicted_wait(asyncio.get_running_loop().time())
     body, content_type = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": content_type})
 

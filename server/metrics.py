@@ -17,7 +17,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 BATCH_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
-REJECT_REASONS = ("queue_full", "deadline", "too_large", "invalid", "unsupported_media_type",
+REJECT_REASONS = ("overloaded", "shed", "queue_full", "deadline", "too_large", "invalid", "unsupported_media_type",
                   "draining", "not_ready", "not_found")
 
 METRIC_NAMES = (
@@ -34,6 +34,10 @@ METRIC_NAMES = (
     "sentiment_rejected_total",
     "sentiment_batch_failures_total",
     "sentiment_model_info",
+    "sentiment_predicted_wait_seconds",
+    "sentiment_goodput_total",
+    "sentiment_batch_cost_seconds",
+    "sentiment_admission_threshold_seconds",
 )
 
 
@@ -69,6 +73,19 @@ class Metrics:
                                       "inference batches that raised (their requests got 500)", registry=r)
         self.model_info = Gauge("sentiment_model_info", "the served model (value is always 1)",
                                 ["model", "version", "quantization", "optimization", "target"], registry=r)
+        self.predicted_wait = Gauge("sentiment_predicted_wait_seconds",
+                                    "predicted queue wait of a request arriving now (the admission signal)", registry=r)
+        self.goodput = Counter("sentiment_goodput_total",
+                               "predictions answered within their latency budget (200 ms where the budget is off)",
+                               registry=r)
+        self.batch_cost = Gauge("sentiment_batch_cost_seconds",
+                                "fitted inference cost of a batch: seconds per token and per batch", ["term"],
+                                registry=r)
+        self.admission_threshold = Gauge("sentiment_admission_threshold_seconds",
+                                         "predicted finish a request may have to be admitted (steered on p95)",
+                                         registry=r)
+        for term in ("per_token", "per_batch"):
+            self.batch_cost.labels(term)
         for reason in REJECT_REASONS:  # exported at 0 from the start, so rate() works
             self.rejected.labels(reason)
 

@@ -30,6 +30,15 @@ SPEC: dict = {
         "/v1/predict": {"post": {
             "operationId": "predict",
             "summary": "Classify one text ({\"text\"}) or several ({\"texts\"}, answered in input order)",
+            "description": "A request is admitted or refused whole. With a latency budget (server flag "
+                           "--latency-budget-ms, default 200), a request predicted to finish after it is refused at "
+                           "once with 503 overloaded and a Retry-After of the queue's drain time, and queued texts "
+                           "that can no longer meet it are dropped unrun (503 overloaded).",
+            "parameters": [{"name": "X-Latency-Budget-Ms", "in": "header", "required": False,
+                            "description": "a tighter latency budget for this request, in milliseconds (the "
+                                           "server's budget applies when it is lower; also honoured when the "
+                                           "server's is off)",
+                            "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0}}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
                 {"$ref": "#/components/schemas/SingleRequest"},
                 {"$ref": "#/components/schemas/BatchRequest"}]}}}},
@@ -37,12 +46,14 @@ SPEC: dict = {
                 "200": {**_json({"oneOf": [{"$ref": "#/components/schemas/SingleResponse"},
                                            {"$ref": "#/components/schemas/BatchResponse"}]}, "predictions"),
                         "headers": _COMMON_HEADERS},
-                "400": _error("invalid_json | invalid_request (wrong types, unknown fields)"),
+                "400": _error("invalid_json | invalid_request (wrong types, unknown fields, a bad "
+                              "X-Latency-Budget-Ms)"),
                 "413": _error("body_too_large"),
                 "415": _error("unsupported_media_type (Content-Type must be application/json)"),
                 "422": _error("missing_text | empty_text | too_many_texts | text_too_long"),
                 "500": _error("inference_failed | internal_error"),
-                "503": {**_error("queue_full | shutting_down | not_ready (see Retry-After)"),
+                "503": {**_error("overloaded (would finish after its latency budget; refused or dropped unrun) | "
+                                 "queue_full | shutting_down | not_ready (see Retry-After)"),
                         "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
                 "504": _error("deadline_exceeded (queued past the request timeout, never run)"),
             },

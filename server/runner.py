@@ -13,6 +13,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from server.costmodel import time_batches
 from server.tokenization import TextEncoder, TruncationConfig, pad_batch
 
 MODEL_FILES = ("model.onnx", "tokenizer.json", "config.json")
@@ -211,12 +212,24 @@ class OnnxRunner:
                          for w in range(self.shape_bucket, self.max_length + self.shape_bucket, self.shape_bucket)})
         return [(size, width) for size in sizes for width in widths]
 
+    def timing_shapes(self) -> list[tuple[int, int]]:
+        """(batch size, width) pairs timed after warm-up, for the admission cost model's first
+        line: single texts from short to the cap (where a CPU's cost lives) and one batch of
+        several (where a GPU's does)."""
+        widths = sorted({max(8, self.max_length // k) for k in (8, 4, 2, 1)})
+        return [(1, w) for w in widths] + [(min(self.max_batch_size, 8), max(8, self.max_length // 2))]
+
     def warmup(self) -> None:
         """Run the shapes of `warmup_shapes` so that no request pays for a first run."""
         for batch, length in self.warmup_shapes():
             seq = np.full(length, self.encoder.pad_id, dtype=np.int64)
             seq[0], seq[-1] = self.encoder.cls_id, self.encoder.sep_id
             self.predict([seq] * batch)
+
+    def time_shapes(self) -> list[tuple[int, float]]:
+        """(tokens, seconds) of `timing_shapes`, run after `warmup`: the first line of the
+        admission cost model (server/costmodel.py)."""
+        return time_batches(self.predict, self.timing_shapes(), self.encoder.pad_id)
 
 
 def uses_cuda(providers) -> bool:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from server.batcher import MicroBatcher
 from server.config import ServerConfig
+from server.inference import InferenceService
 from server.metrics import Metrics
 from server.runner import Runner
 
@@ -19,14 +19,14 @@ class ServerState:
     draining: bool = False  # SIGTERM received: refuse new work, finish accepted work
     inflight: int = 0  # prediction requests accepted and not yet answered
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    tokenizer_pool: ThreadPoolExecutor | None = None
 
 
 CONFIG = web.AppKey("config", ServerConfig)
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", ServerState)
 RUNNER = web.AppKey("runner", Runner)
-BATCHER = web.AppKey("batcher", MicroBatcher)
+BATCHER = web.AppKey("batcher", MicroBatcher)  # the service's, for tests and introspection
+SERVICE = web.AppKey("service", InferenceService)
 
 # Per-request facts the access log and metrics middleware read after the handler ran.
 REQUEST_ID = web.RequestKey("request_id", str)

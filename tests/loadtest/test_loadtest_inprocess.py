@@ -16,5 +16,5 @@ async def test_answers_with_the_batch_result_and_refuses_beyond_the_queue(tiny_m
         with pytest.raises(QueueFull):
             await second
         result = await first
-    assert result.batch_size == 1 and result.probabilities.shape == (2,)
+    assert result.batch_size == 1 and result.probabilities.shape == (1, 2)
     assert target.info()["batching"]["max_batch_tokens"] == 100 and target.info()["batching"]["inference_workers"] == 1

@@ -394,3 +394,41 @@ async def test_a_free_worker_takes_the_next_batch_while_the_event_loop_is_blocke
     model.release()
     results = await asyncio.gather(*futures)
     assert [round(float(r.probabilities[1]) * 100) for r in results] == [1, 2]
+
+
+async def test_inference_threads_run_below_the_event_loops_priority():
+    import os
+
+    from server.batcher import INFERENCE_NICE
+
+    batcher = MicroBatcher(Model(), BatchLimits(max_wait_s=0.0), max_queue=8, workers=2)
+    await batcher.start()
+    try:
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        niceness = [os.getpriority(os.PRIO_PROCESS, t.native_id) for t in batcher._threads]
+        assert niceness == [min(base + INFERENCE_NICE, 19)] * 2
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the loop's own thread is untouched
+    finally:
+        await batcher.stop()
+
+
+async def test_cost_model_learns_from_every_batch_and_backlog_counts_the_queue():
+    from server.costmodel import BatchCostModel
+
+    model, cost = Model(), BatchCostModel()
+    model.gate.clear()
+    batcher = MicroBatcher(model, BatchLimits(max_batch_size=1, max_wait_s=0.0, max_batch_tokens=256), max_queue=8,
+                           cost=cost)
+    await batcher.start()
+    try:
+        loop = asyncio.get_running_loop()
+        futures = batcher.submit([np.array([i] * 100) for i in (1, 2, 3)], loop.time() + 5)
+        while len(model.batches) < 1:
+            await asyncio.sleep(0.005)
+        backlog = batcher.backlog(loop.time())
+        assert backlog.queued_tokens == 200 and backlog.queued_batches == 2  # two texts of 100 wait, one runs
+        model.gate.set()
+        await asyncio.gather(*futures)
+        assert cost.observed == 3 and cost.line is not None
+    finally:
+        await batcher.stop()

@@ -109,7 +109,8 @@ def test_load_runner_falls_back_to_the_cpu_layout_when_cuda_does_not_start(tiny_
     # with every core (which the CPU's worker count would multiply).
     import onnxruntime as ort
 
-    from server.app import inference_workers, load_runner
+    from server.app import load_runner
+    from server.inference import inference_workers
     from server.config import ServerConfig
 
     if runner_module.uses_cuda(ort.get_available_providers()):
@@ -139,7 +140,7 @@ def test_runner_with_several_sessions_answers_concurrent_callers_alike(tiny_mode
 def test_default_workers_one_per_core_on_cpu_one_on_gpu(monkeypatch):
     from types import SimpleNamespace
 
-    from server.app import inference_workers
+    from server.inference import inference_workers
     from server.config import ServerConfig
 
     monkeypatch.setattr(runner_module, "physical_cores", lambda: 4)
@@ -153,7 +154,7 @@ def test_default_workers_one_per_core_on_cpu_one_on_gpu(monkeypatch):
 def test_batch_token_budget_by_device():
     from types import SimpleNamespace
 
-    from server.app import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, batch_limits
+    from server.inference import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, batch_limits
     from server.config import ServerConfig
 
     cpu = SimpleNamespace(info={"providers": ["CPUExecutionProvider"]})

@@ -50,6 +50,7 @@ def test_environment_then_command_line():
     ([], {"SENTIMENT_INFERENCE_WORKERS": "-1"}, "--inference-workers must be >= 0"),
     (["--max-batch-tokens", "-5"], {}, "--max-batch-tokens must be >= 0"),
     (["--shape-bucket", "-1"], {}, "--shape-bucket must be >= 0"),
+    (["--latency-budget-ms", "-1"], {}, "--latency-budget-ms must be >= 0"),
 ])
 def test_bad_values_exit_2_with_one_line(argv, env, needle, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -69,3 +70,9 @@ def test_inference_workers_from_flag_or_environment():
 def test_batch_tokens_default_to_auto():
     assert parse_config([], env={}).max_batch_tokens == 0  # 0 = by device (server.app.batch_limits)
     assert parse_config(["--max-batch-tokens", "1024"], env={}).max_batch_tokens == 1024
+
+
+def test_latency_budget_from_flag_or_environment():
+    assert parse_config([], env={}).latency_budget_ms == 200.0  # the SLA
+    assert parse_config(["--latency-budget-ms", "0"], env={}).latency_budget_ms == 0.0  # off
+    assert parse_config([], env={"SENTIMENT_LATENCY_BUDGET_MS": "150"}).latency_budget_ms == 150.0

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from server.config import ServerConfig, env_name
+from server.metrics import METRIC_NAMES
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 K8S_VERSION = "1.30.0"  # oldest version we support; the manifests use nothing newer
@@ -117,8 +118,19 @@ def test_grace_period_covers_prestop_and_drain():
     assert grace <= float(pre_stop[1]) + drain + 10, "a stuck pod would hold a rollout for long"
 
 
-def test_hpa_keeps_headroom():
+def test_hpa_scales_on_the_admission_signal_with_cpu_as_fallback():
     spec = by_kind("HorizontalPodAutoscaler")["spec"]
     assert 2 <= spec["minReplicas"] < spec["maxReplicas"]
-    [metric] = spec["metrics"]
-    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["averageUtilization"] <= 80
+    pods, cpu = spec["metrics"]
+    assert cpu["resource"]["name"] == "cpu" and cpu["resource"]["target"]["averageUtilization"] <= 80
+    # The custom metric is a real server metric, served by the adapter rules, with a target under the budget.
+    name = pods["pods"]["metric"]["name"]
+    assert name in METRIC_NAMES
+    target = pods["pods"]["target"]["averageValue"]
+    budget_ms = float(env_of(container())["SENTIMENT_LATENCY_BUDGET_MS"]["value"])
+    assert target.endswith("m") and 0 < int(target[:-1]) < budget_ms
+    adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
+    served = [rule["name"]["as"] for rule in adapter["rules"]["custom"]]
+    assert name in served
+    for rule in adapter["rules"]["custom"]:
+        assert rule["seriesQuery"].split("{")[0] in {f"{m}" for m in METRIC_NAMES}

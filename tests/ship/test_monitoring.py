@@ -133,6 +133,17 @@ def test_dashboard_has_the_panels_the_sla_needs():
         assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
 
 
+def test_dashboard_and_alerts_show_overload_control():
+    board = dashboard()
+    by_title = {p["title"].lower(): p for p in board["panels"]}
+    goodput = next(p for t, p in by_title.items() if t.startswith("goodput"))
+    exprs = " ".join(t["expr"] for t in goodput["targets"])
+    assert "sentiment_goodput_total" in exprs and "sentiment_rejected_total" in exprs and "overloaded" in exprs
+    wait = next(p for t, p in by_title.items() if "predicted queue wait" in t)
+    assert "sentiment_predicted_wait_seconds" in " ".join(t["expr"] for t in wait["targets"])
+    assert "overloaded" in {r["alert"]: r for r in alert_rules()}["SentimentOverloaded"]["expr"]
+
+
 def scrape(url: str) -> list[tuple[str, dict[str, str]]]:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
