@@ -125,6 +125,7 @@ class Samples:
     client_cpu_s: float
     server_cpu_s: float | None = None
     system_busy_s: float | None = None
+    marks: list = field(default_factory=list)  # figures taken at segment boundaries (open_loop_samples' `then`)
 
     def step_result(self) -> StepResult:
         sent = len(self.status)
@@ -157,9 +158,15 @@ async def open_loop_step(start: Start, items: int, rate: float, duration_s: floa
 
 
 async def open_loop_samples(start: Start, items: int, rate: float, duration_s: float, seed: int = 0,
-                            server_cpu=None, status_of=lambda result: 200, stretch: bool = True) -> Samples:
+                            server_cpu=None, status_of=lambda result: 200, stretch: bool = True,
+                            then: Sequence[tuple[float, float]] = (), mark=None) -> Samples:
     """As open_loop_step, but every request's figures (`stretch=False`: exactly `duration_s`,
     however few requests that makes).
+
+    `then`: further (rate, seconds) segments, one schedule with the first: the rate changes at
+    each boundary without a pause (a burst, then what follows it at once). At each boundary
+    `mark()` (when given) is called and its result kept in `Samples.marks`, with this process's
+    CPU seconds and the time, so a caller can split the figures by segment (split_samples).
 
     Bounded: about rate * duration_s requests. Each arrival is a timer callback (no task,
     no sleep per request): the generator shares the CPUs with the server, so what it spends
@@ -168,6 +175,12 @@ async def open_loop_samples(start: Start, items: int, rate: float, duration_s: f
     rng = random.Random(seed)
     duration_s = step_duration(rate, duration_s) if stretch else duration_s
     arrivals = poisson_arrivals(rate, duration_s, rng)
+    boundaries = []
+    total = duration_s
+    for next_rate_, seconds in then:
+        boundaries.append(total)
+        arrivals += [total + t for t in poisson_arrivals(next_rate_, seconds, rng)]
+        total += seconds
     offset = rng.randrange(items)
     loop = asyncio.get_running_loop()
     latencies = np.full(len(arrivals), np.nan)
@@ -195,6 +208,13 @@ async def open_loop_samples(start: Start, items: int, rate: float, duration_s: f
                                time.perf_counter())
     begin = loop.time() + 0.05
     timers = [loop.call_at(begin + at, fire, i, begin + at) for i, at in enumerate(arrivals)]
+    marks: list[dict] = []
+
+    def boundary() -> None:
+        marks.append({"client_cpu_s": _cpu_seconds() - cpu0, "wall_s": time.perf_counter() - wall0,
+                      **(mark() if mark else {})})
+
+    timers += [loop.call_at(begin + at, boundary) for at in boundaries]
     try:
         if arrivals:
             await finished
@@ -204,7 +224,7 @@ async def open_loop_samples(start: Start, items: int, rate: float, duration_s: f
     wall = time.perf_counter() - wall0
     busy = _system_busy_seconds()
     return Samples(
-        rate=rate, duration_s=duration_s, due_s=np.asarray(arrivals, dtype=float), latency_ms=latencies,
+        rate=rate, duration_s=total, due_s=np.asarray(arrivals, dtype=float), latency_ms=latencies, marks=marks,
         status=statuses, send_lag_s=lags, wall_s=wall, client_cpu_s=_cpu_seconds() - cpu0,
         server_cpu_s=server_cpu() - srv0 if server_cpu and srv0 is not None else None,
         system_busy_s=busy - sys0 if busy is not None and sys0 is not None else None,

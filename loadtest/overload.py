@@ -4,11 +4,12 @@
         [--overload-step-s 30] [--rounds 3] [--quick] [--output-dir docs]
 
 1. capacity: the normal rate search (p95 <= --sla-p95-ms, errors <= --max-error-rate), once
-   for the server with the budget off (`--latency-budget-ms 0`, the behaviour before
-   admission existed) and once with it on (the default, 200 ms). The budget-off capacity is
+   for the server with the budget off (`--latency-budget-ms 0`: queue-only admission, as before
+   the budget existed; the inference layer, nice'd workers and cost model still run) and once with
+   it on (`--latency-budget-ms` = --sla-p95-ms). The budget-off capacity is
    the run's yardstick: every overload step is a multiple of it;
 2. overload rounds: for each server, open-loop Poisson steps of --overload-step-s at 0.8x,
-   1.5x, 2x and 5x of that capacity, then at once (no pause) a recovery step at 0.5x. Per
+   1.5x, 2x and 5x of that capacity, then at once (one schedule, no pause) a recovery step at 0.5x. Per
    step: goodput (answers within the budget per second), the share refused, refusal latency,
    p50/p95/p99 of the answered requests, the server's and the generator's CPU, and for the
    recovery step the seconds until p95 is back under the budget. Rounds alternate which
@@ -31,7 +32,7 @@ from loadtest.procs import ServedProcess, parse_cpus
 
 # (name, multiple of the budget-off capacity); the recovery step follows the 5x burst at once.
 STEPS = (("0.8x", 0.8), ("1.5x", 1.5), ("2x", 2.0), ("5x", 5.0), ("recovery 0.5x", 0.5))
-VARIANTS = (("budget_on", ()), ("budget_off", ("--latency-budget-ms", "0")))
+VARIANTS = (("budget_on", ()), ("budget_off", ("--latency-budget-ms", "0")))  # budget_on: --sla-p95-ms, below
 RECOVERY_WINDOW_S = 1.0
 
 
@@ -69,16 +70,18 @@ def _pct(values: np.ndarray, q: float) -> float:
 def recovery_seconds(due_s: np.ndarray, latency_ms: np.ndarray, ok: np.ndarray, budget_ms: float,
                      window_s: float = RECOVERY_WINDOW_S) -> float | None:
     """Seconds from the step's start until the p95 of answered requests stays under the
-    budget: the start of the first `window_s` window after which no window's p95 exceeds it.
-    None when the last window still does (not recovered within the step)."""
+    budget: the start of the first `window_s` window after which no window's p95 exceeds it
+    and no window went unanswered (a server refusing everything has not recovered). None
+    when the last window still fails (not recovered within the step)."""
     if not ok.any():
         return None
     end = float(due_s.max()) if len(due_s) else 0.0
     windows = max(1, math.ceil(end / window_s))
     last_bad = -1
     for k in range(windows):
-        inside = ok & (due_s >= k * window_s) & (due_s < (k + 1) * window_s)
-        if inside.any() and _pct(latency_ms[inside], 95) > budget_ms:
+        due = (due_s >= k * window_s) & (due_s < (k + 1) * window_s)
+        inside = ok & due
+        if (due.any() and not inside.any()) or (inside.any() and _pct(latency_ms[inside], 95) > budget_ms):
             last_bad = k
     if last_bad == windows - 1:
         return None
@@ -151,39 +154,79 @@ def _nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def split_samples(samples: Samples, boundary_s: float, mark: dict, server_cpu0: float) -> tuple[Samples, Samples]:
+    """One schedule of two segments (a burst, then what followed it at once) as two steps' samples,
+    cut where each request was due; CPU and wall time cut at the boundary's `mark`."""
+    first = samples.due_s < boundary_s
+    rest = ~first
+
+    def part(keep: np.ndarray, rate: float, duration: float, wall: float, client: float, server: float | None,
+             offset: float) -> Samples:
+        idx = np.flatnonzero(keep)
+        return Samples(rate=rate, duration_s=duration, due_s=samples.due_s[idx] - offset,
+                       latency_ms=samples.latency_ms[idx], status=[samples.status[i] for i in idx],
+                       send_lag_s=samples.send_lag_s[idx], wall_s=wall, client_cpu_s=client, server_cpu_s=server)
+
+    server_total = samples.server_cpu_s
+    server_at = mark["server_cpu_s"] - server_cpu0
+    n_first, n_rest = int(first.sum()), int(rest.sum())
+    return (part(first, n_first / boundary_s if boundary_s else 0.0, boundary_s, mark["wall_s"], mark["client_cpu_s"],
+                 server_at, 0.0),
+            part(rest, n_rest / max(samples.duration_s - boundary_s, 1e-9), samples.duration_s - boundary_s,
+                 samples.wall_s - mark["wall_s"], samples.client_cpu_s - mark["client_cpu_s"],
+                 None if server_total is None else server_total - server_at, boundary_s))
+
+
 async def overload_round(proc: ServedProcess, bodies: Sequence[bytes], capacity_rps: float, step_s: float,
                          budget_ms: float, timeout_s: float, seed: int) -> list[dict]:
-    """The five steps against one served process, back to back (the recovery step right after 5x)."""
+    """The five steps against one served process, back to back; the 5x burst and the recovery
+    step after it are one schedule (the rate drops at the boundary, with no pause for the
+    burst's answers), split by when each request was due."""
     out = []
     async with LeanClient(proc.url) as client:
         requests = [client.build("POST", "/v1/predict", body) for body in bodies]
         start = http_start(client, requests, timeout_s)
         base: tuple[int, float] | None = None  # the first step's (answers, loop CPU), when it refused nothing
-        for k, (name, multiple) in enumerate(STEPS):
-            loop0, rejected0 = proc.main_thread_cpu_seconds(), rejected_counts(proc.get_text("/metrics"))
-            samples = await open_loop_samples(start, len(requests), multiple * capacity_rps, step_s,
-                                              seed=seed + k, server_cpu=proc.cpu_seconds, status_of=http_status,
-                                              stretch=False)
-            loop_cpu = proc.main_thread_cpu_seconds() - loop0
+        k = 0
+        while k < len(STEPS):
+            name, multiple = STEPS[k]
+            joined = k + 1 < len(STEPS) and STEPS[k + 1][0].startswith("recovery")
+            then = ((STEPS[k + 1][1] * capacity_rps, step_s),) if joined else ()
+            loop0, server0 = proc.main_thread_cpu_seconds(), proc.cpu_seconds()
+            rejected0 = rejected_counts(proc.get_text("/metrics"))
+            samples = await open_loop_samples(
+                start, len(requests), multiple * capacity_rps, step_s, seed=seed + k, server_cpu=proc.cpu_seconds,
+                status_of=http_status, stretch=False, then=then,
+                mark=lambda: {"server_cpu_s": proc.cpu_seconds(), "loop_cpu_s": proc.main_thread_cpu_seconds()})
+            loop_total = proc.main_thread_cpu_seconds() - loop0
             rejected1 = rejected_counts(proc.get_text("/metrics"))
-            figures = summarize(name, samples, budget_ms, recovery=name.startswith("recovery"))
-            entry = {**figures.to_dict(), "loop_cpu_cores": loop_cpu / samples.wall_s,
-                     # Refused at the door (overloaded), dropped from the queue unrun (shed), queue full.
-                     "refused_by_reason": {k: rejected1.get(k, 0.0) - rejected0.get(k, 0.0)
-                                           for k in ("overloaded", "shed", "queue_full", "deadline")}}
-            if k == 0 and not figures.refused:
-                base = (figures.answered, loop_cpu)
-            elif base is not None:
-                entry["server_cpu_ms_per_refusal"] = cpu_per_refusal_ms(*base, figures.answered, figures.refused,
-                                                                        loop_cpu)
-            print(f"  [{name}] rate {figures.rate:.1f}/s: goodput {figures.goodput_rps:.1f}/s, refused "
-                  f"{figures.refused_share:.1%} (p50 {figures.refusal_p50_ms:.1f} / p99 {figures.refusal_p99_ms:.1f} ms), "
-                  f"answered p50/p95/p99 {figures.answered_p50_ms:.0f}/{figures.answered_p95_ms:.0f}/"
-                  f"{figures.answered_p99_ms:.0f} ms, other errors {figures.other_errors}"
-                  + (f", recovered after {figures.recovery_s} s" if figures.name.startswith("recovery") else "")
-                  + f"; server: {', '.join(f'{k} {v:.0f}' for k, v in entry['refused_by_reason'].items())}",
-                  flush=True)
-            out.append(entry)
+            reasons = {r: rejected1.get(r, 0.0) - rejected0.get(r, 0.0) for r in ("overloaded", "shed", "queue_full",
+                                                                                 "deadline")}
+            if joined:
+                [mark] = samples.marks
+                parts = list(zip((STEPS[k], STEPS[k + 1]), split_samples(samples, step_s, mark, server0)))
+                loops = [mark["loop_cpu_s"] - loop0, loop_total - (mark["loop_cpu_s"] - loop0)]
+            else:
+                parts, loops = [(STEPS[k], samples)], [loop_total]
+            for ((step_name, _), part), loop_cpu in zip(parts, loops):
+                figures = summarize(step_name, part, budget_ms, recovery=step_name.startswith("recovery"))
+                entry = {**figures.to_dict(), "loop_cpu_cores": loop_cpu / part.wall_s if part.wall_s else None,
+                         # Refused at the door (overloaded), dropped from the queue unrun (shed), queue full;
+                         # for a burst and its recovery together, counted over both.
+                         "refused_by_reason": reasons}
+                if k == 0 and not figures.refused:
+                    base = (figures.answered, loop_cpu)
+                elif base is not None:
+                    entry["server_cpu_ms_per_refusal"] = cpu_per_refusal_ms(*base, figures.answered, figures.refused,
+                                                                            loop_cpu)
+                print(f"  [{step_name}] rate {figures.rate:.1f}/s: goodput {figures.goodput_rps:.1f}/s, refused "
+                      f"{figures.refused_share:.1%} (p50 {figures.refusal_p50_ms:.1f} / p99 {figures.refusal_p99_ms:.1f}"
+                      f" ms), answered p50/p95/p99 {figures.answered_p50_ms:.0f}/{figures.answered_p95_ms:.0f}/"
+                      f"{figures.answered_p99_ms:.0f} ms, other errors {figures.other_errors}"
+                      + (f", recovered after {figures.recovery_s} s" if step_name.startswith("recovery") else "")
+                      + f"; server: {', '.join(f'{r} {v:.0f}' for r, v in reasons.items())}", flush=True)
+                out.append(entry)
+            k += len(parts)
     return out
 
 
@@ -193,6 +236,7 @@ def run_overload(config, cmd: list[str], bodies: list[bytes], search_capacity) -
     when given) and returns its result."""
     budget_ms = config.sla_p95_ms
     commands = {name: [*cmd, *extra] for name, extra in VARIANTS}
+    commands["budget_on"] += ["--latency-budget-ms", f"{budget_ms:g}"]  # the budget the goodput is counted against
     # The same search for both: the budget-on one starts from the budget-off probe's throughput (a
     # closed-loop probe of a server that refuses measures its refusals' pace, not its capacity).
     capacities = {"budget_off": search_capacity("capacity budget_off", commands["budget_off"])}

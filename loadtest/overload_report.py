@@ -40,7 +40,9 @@ def check_targets(results: dict) -> dict:
     rounds = results["rounds"]["budget_on"]
     recoveries = [r[-1]["recovery_s"] for r in rounds]
     worst = None if any(v is None for v in recoveries) else max(recoveries, default=None)
-    add("recovery_s", worst, TARGETS["recovery_s"], None if worst is None else worst <= TARGETS["recovery_s"])
+    # A round that never recovered within its step fails the target; it is not "n/a".
+    add("recovery_s", worst, TARGETS["recovery_s"], bool(recoveries) and worst is not None
+        and worst <= TARGETS["recovery_s"])
     per_refusal = steps.get("5x", {}).get("server_cpu_ms_per_refusal")
     add("cpu_per_refusal_ms", per_refusal, TARGETS["cpu_per_refusal_ms"],
         None if per_refusal is None else per_refusal <= TARGETS["cpu_per_refusal_ms"])

@@ -161,8 +161,8 @@ class ThresholdController:
 
     Every `every` answers, the quantile of the last `window` is compared to the goal: above
     it, the threshold drops in proportion at once (at most halved); below it, it rises by at
-    most `rise` per update. It lapses back to the budget when no answer was seen for
-    `horizon_s`, so a threshold that refused everything cannot stay stuck.
+    most `rise` per update. It lapses back to its start (`high` x budget) when no answer was
+    seen for `horizon_s`, so a threshold that refused everything cannot stay stuck.
     """
 
     def __init__(self, budget_s: float, quantile: float = 0.95, target: float = 0.8, low: float = 0.5,

@@ -250,7 +250,7 @@ class MicroBatcher:
         _lower_priority(INFERENCE_NICE)
         while True:
             try:
-                batch = self._take()
+                batch = self._take(index)
             except Exception:  # noqa: BLE001 - a policy bug must not leave every caller hanging
                 log.exception("batching error; failing queued texts")
                 with self._cond:
@@ -263,10 +263,8 @@ class MicroBatcher:
                 return
             self._observe(batch)
             tokens = sum(e.tokens for e in batch)
-            line = self.cost.line if self.cost is not None else None
             try:
                 started = time.perf_counter()
-                self._running[index] = (time.monotonic(), line.seconds(tokens) if line else 0.0)
                 probs = self._run_batch([e.ids for e in batch])
                 seconds = time.perf_counter() - started
                 if len(probs) != len(batch):
@@ -285,7 +283,7 @@ class MicroBatcher:
                 self._metrics.inference_duration.observe(seconds)
             self._loop.call_soon_threadsafe(_answer, batch, probs)
 
-    def _take(self) -> list[Entry] | None:
+    def _take(self, index: int = -1) -> list[Entry] | None:
         """Block until a batch is due (see dispatch_delay) and take it; None when stopping."""
         with self._cond:
             while True:
@@ -304,6 +302,10 @@ class MicroBatcher:
             chosen = set(select_batch([e.tokens for e in self._pending], self.limits))
             batch = [e for i, e in enumerate(self._pending) if i in chosen]
             self._pending = [e for i, e in enumerate(self._pending) if i not in chosen]
+            # Counted as running before it leaves the queue's counts, under the same lock, so
+            # `backlog` never misses it in between.
+            line = self.cost.line if self.cost is not None else None
+            self._running[index] = (time.monotonic(), line.seconds(sum(e.tokens for e in batch)) if line else 0.0)
             self._set_depth()
         return batch
 

@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-# Each new batch weighs 1/(1 - DECAY) = 100 times the oldest still counted: about 1.5 s of
-# batches at capacity on the 2-core box, long enough to average out one preempted batch.
+# The fit averages over about 1/(1 - DECAY) = 100 recent batches: about 1.5 s of batches at
+# capacity on the 2-core box, long enough to average out one preempted batch.
 DECAY = 0.99
 # A slope is fitted only when the batches' token counts spread this much around their mean
 # (coefficient of variation); otherwise the last slope is rescaled.
@@ -56,10 +56,6 @@ class BatchCostModel:
         self.observed = 0
         # Read without the lock: replacing one attribute is atomic under the GIL.
         self.line: Line | None = initial
-
-    @property
-    def ready(self) -> bool:
-        return self.line is not None
 
     def observe(self, tokens: float, seconds: float) -> None:
         """One finished batch: its real token count and the seconds its run took."""

@@ -168,6 +168,12 @@ class InferenceService:
     def overloaded(self) -> bool:
         return self.refused.value > self.policy.overloaded_at
 
+    def threshold_in_force(self, now: float) -> float:
+        """The threshold a request held to the server's budget meets now (0: admission off)."""
+        if not self.budget_s:
+            return 0.0
+        return self.controller.threshold(now) if self.overloaded else self.budget_s
+
     def decide(self, now: float, arrival: float, wait: float, own: float, budget_s: float) -> str:
         """admission.decide with this server's state: calm, the threshold is the budget; overloaded,
         the steered one (scaled to a budget tighter than the server's)."""
@@ -274,7 +280,7 @@ class InferenceService:
         if self.metrics and line is not None:
             self.metrics.batch_cost.labels("per_token").set(line.per_token)
             self.metrics.batch_cost.labels("per_batch").set(line.per_batch)
-            self.metrics.admission_threshold.set(self.controller.threshold(asyncio.get_running_loop().time()))
+            self.metrics.admission_threshold.set(self.threshold_in_force(asyncio.get_running_loop().time()))
 
     def info(self) -> dict:
         """Batching and admission as resolved at start-up, for GET /v1/model."""
@@ -288,7 +294,8 @@ class InferenceService:
             "cost_model": None if line is None else {
                 "ms_per_token": round(line.per_token * 1000, 5), "ms_per_batch": round(line.per_batch * 1000, 4),
                 "batches_observed": self.cost.observed,
-                "admission_threshold_ms": round(self.controller.threshold(asyncio.get_running_loop().time()) * 1000, 1)},
+                "admission_threshold_ms": round(self.threshold_in_force(asyncio.get_running_loop().time()) * 1000, 1),
+                "overloaded": self.overloaded},
         }
 
 

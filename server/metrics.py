@@ -76,13 +76,13 @@ class Metrics:
         self.predicted_wait = Gauge("sentiment_predicted_wait_seconds",
                                     "predicted queue wait of a request arriving now (the admission signal)", registry=r)
         self.goodput = Counter("sentiment_goodput_total",
-                               "predictions answered within their latency budget (200 ms where the budget is off)",
+                               "prediction requests answered within their latency budget (200 ms where the budget is off)",
                                registry=r)
         self.batch_cost = Gauge("sentiment_batch_cost_seconds",
                                 "fitted inference cost of a batch: seconds per token and per batch", ["term"],
                                 registry=r)
         self.admission_threshold = Gauge("sentiment_admission_threshold_seconds",
-                                         "predicted finish a request may have to be admitted (steered on p95)",
+                                         "predicted finish a request may have to be admitted, as in force now (0: admission off)",
                                          registry=r)
         for term in ("per_token", "per_batch"):
             self.batch_cost.labels(term)

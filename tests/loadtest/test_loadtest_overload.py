@@ -93,8 +93,8 @@ def test_overload_smoke_writes_a_section_and_json(tiny_model_dir, tmp_path, caps
         assert all(s["sent"] > 0 and s["answered"] + s["refused"] + s["other_errors"] == s["sent"] for s in steps)
         assert steps[-1]["recovery_s"] is not None or steps[-1]["answered_p95_ms"] > results["budget_ms"]
         assert [s["name"] for s in results["median"][name]] == [s["name"] for s in steps]
-    assert "--latency-budget-ms" in results["commands"]["budget_off"]
-    assert "--latency-budget-ms" not in results["commands"]["budget_on"]
+    assert results["commands"]["budget_off"][-2:] == ["--latency-budget-ms", "0"]
+    assert results["commands"]["budget_on"][-2:] == ["--latency-budget-ms", "200"]  # the budget goodput counts against
     assert set(results["targets"]) >= {"goodput_1.5x", "goodput_5x", "refusal_p99_ms", "capacity_drop"}
     md = (out / "BENCHMARKS.md").read_text()
     assert md.startswith("# Capacity report") and md.count(BEGIN) == 1 and "| budget off | 5x |" in md
