@@ -103,6 +103,11 @@ class ServerConfig:
             raise ValueError("--max-wait-ms and --intra-op-threads must be >= 0")
         if not self.latency_budget_ms >= 0:
             raise ValueError(f"--latency-budget-ms must be >= 0 (0: off), got {self.latency_budget_ms}")
+        if self.latency_budget_ms and self.max_wait_ms >= self.latency_budget_ms:
+            # Every text may wait out the batching window, so no request with work ahead of it
+            # could be predicted in time: admission would refuse nearly everything.
+            raise ValueError(f"--max-wait-ms ({self.max_wait_ms:g}) must be below --latency-budget-ms "
+                             f"({self.latency_budget_ms:g}); set --latency-budget-ms 0 to turn admission off")
         if self.port > 65535:
             raise ValueError(f"--port must be <= 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:

@@ -51,6 +51,7 @@ def test_environment_then_command_line():
     (["--max-batch-tokens", "-5"], {}, "--max-batch-tokens must be >= 0"),
     (["--shape-bucket", "-1"], {}, "--shape-bucket must be >= 0"),
     (["--latency-budget-ms", "-1"], {}, "--latency-budget-ms must be >= 0"),
+    (["--max-wait-ms", "200"], {}, "--max-wait-ms (200) must be below --latency-budget-ms (200)"),
 ])
 def test_bad_values_exit_2_with_one_line(argv, env, needle, capsys):
     with pytest.raises(SystemExit) as exc:
