@@ -127,12 +127,17 @@ class Samples:
     system_busy_s: float | None = None
     marks: list = field(default_factory=list)  # figures taken at segment boundaries (open_loop_samples' `then`)
 
-    def step_result(self) -> StepResult:
-        sent = len(self.status)
+    def error_kinds(self) -> dict[str, int]:
+        """How many requests ended in each status other than 200, by status, sorted."""
         kinds: dict[str, int] = {}
         for status in self.status:
             if status != 200:
                 kinds[str(status)] = kinds.get(str(status), 0) + 1
+        return dict(sorted(kinds.items()))
+
+    def step_result(self) -> StepResult:
+        sent = len(self.status)
+        kinds = self.error_kinds()
         errors = sum(kinds.values())
         wall, cpu = self.wall_s, self.client_cpu_s
         srv = self.server_cpu_s / wall if self.server_cpu_s is not None else None
@@ -144,7 +149,7 @@ class Samples:
             achieved_rps=(sent - errors) / wall,
             send_lag_p99_ms=float(np.percentile(self.send_lag_s, 99) * 1000.0) if sent else 0.0,
             client_cpu_cores=cpu / wall, server_cpu_cores=srv,
-            other_cpu_cores=max(0.0, other) if other is not None else None, error_kinds=dict(sorted(kinds.items())),
+            other_cpu_cores=max(0.0, other) if other is not None else None, error_kinds=kinds,
         )
 
 

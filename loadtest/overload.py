@@ -96,10 +96,6 @@ def summarize(name: str, samples: Samples, budget_ms: float, recovery: bool = Fa
     lat = samples.latency_ms
     sent = len(status)
     goodput = int((ok & (lat <= budget_ms)).sum())
-    kinds: dict[str, int] = {}
-    for s in status:
-        if s != 200:
-            kinds[str(s)] = kinds.get(str(s), 0) + 1
     server = samples.server_cpu_s
     return StepFigures(
         name=name, rate=samples.rate, sent=sent, goodput_rps=goodput / samples.duration_s,
@@ -110,7 +106,7 @@ def summarize(name: str, samples: Samples, budget_ms: float, recovery: bool = Fa
         recovery_s=recovery_seconds(samples.due_s, lat, ok, budget_ms) if recovery else None,
         server_cpu_cores=server / samples.wall_s if server is not None else None,
         server_cpu_ms_per_request=server / sent * 1000.0 if server is not None and sent else None,
-        client_cpu_cores=samples.client_cpu_s / samples.wall_s, error_kinds=dict(sorted(kinds.items())),
+        client_cpu_cores=samples.client_cpu_s / samples.wall_s, error_kinds=samples.error_kinds(),
     )
 
 

@@ -140,8 +140,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     service = request.app.get(SERVICE)
     if service is not None:
-        service.observe_cost_gauges()
-        service.predicted_wait(asyncio.get_running_loop().time())
+        service.refresh_gauges()
     body, content_type = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": content_type})
 

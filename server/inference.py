@@ -127,7 +127,7 @@ class InferenceService:
         if line is not None:
             log.info("batch cost at start-up: %.4f ms per token + %.3f ms per batch",
                      line.per_token * 1000, line.per_batch * 1000)
-        self._set_cost_gauges()
+        self.refresh_gauges()
         # One tokenizer thread: the inference workers already take the cores (see runner.py);
         # tokenizing one request takes well under a millisecond.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
@@ -271,11 +271,10 @@ class InferenceService:
         return Answer(np.stack([r.probabilities for r in results]), max(r.batch_size for r in results),
                       tuple(self.runner.labels))
 
-    def observe_cost_gauges(self) -> None:
-        """Refresh the cost-model gauges (called at each scrape)."""
-        self._set_cost_gauges()
-
-    def _set_cost_gauges(self) -> None:
+    def refresh_gauges(self) -> None:
+        """Set the admission gauges to now: the cost model, the threshold in force and the
+        predicted wait (at start-up and at each scrape; the wait is also set on every admission)."""
+        self.predicted_wait(asyncio.get_running_loop().time())
         line = self.cost.line
         if self.metrics and line is not None:
             self.metrics.batch_cost.labels("per_token").set(line.per_token)
