@@ -16,11 +16,12 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from core.modeldir import EXPORTED_FILES
 from exporter.config import ExportConfig, parse_config
 from exporter.export import Checkpoint, CheckpointError, export_onnx, load_checkpoint
 
 log = logging.getLogger("exporter")
-MODEL_FILES = ("model.onnx", "tokenizer.json", "config.json", "export_report.json")
+MODEL_FILES = EXPORTED_FILES  # the model directory, as core.modeldir defines it
 
 
 class UsageError(Exception):
@@ -90,7 +91,7 @@ def build_graph(cfg: ExportConfig, ckpt: Checkpoint, work: Path, dst: Path) -> t
 
 def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Path) -> dict:
     """Build the complete model directory in `stage`; returns the report."""
-    from exporter import latency, parity, report
+    from exporter import compare, parity, report
 
     model_path = stage / "model.onnx"
     log.info("exporting %s (%s, quantize %s, optimize %s)", ckpt.path, cfg.target,
@@ -100,15 +101,15 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
     encoder = ckpt.encoder()
     encoder.save_serving_tokenizer(stage / "tokenizer.json")
 
-    session = parity.open_session(model_path, cfg.target, cfg.threads)
+    session = compare.open_session(model_path, cfg.target, cfg.threads)
     if cfg.target == "gpu" and "CUDAExecutionProvider" not in session.get_providers():
         # the fp16 graph still runs on the CPU EP (slowly): its numbers are checked, not its speed
         log.warning("CUDAExecutionProvider unavailable: parity and latency measured on the CPU EP")
     log.info("parity on %d reviews from %s", len(eval_set.texts), eval_set.source)
     parity_result = parity.parity_report(ckpt.model, session, encoder, eval_set)
     parity_result["providers"] = session.get_providers()
-    log.info("measuring latency (batch %s, seq %d)", latency.BATCH_SIZES, latency.SEQ_LEN)
-    latency_result = latency.measure_latency(
+    log.info("measuring latency (batch %s, seq %d)", compare.LATENCY_BATCH_SIZES, compare.LATENCY_SEQ_LEN)
+    latency_result = compare.measure_latency(
         session, cfg.latency_repeats, threads=cfg.threads,
         vocab_size=int(ckpt.model.config.vocab_size), seed=cfg.seed,
     )

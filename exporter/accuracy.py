@@ -1,62 +1,77 @@
 """`python -m exporter.accuracy`: accuracy of a checkpoint and its exported graphs on a whole split.
 
 The export gate compares PyTorch and ONNX on a few hundred validation reviews; this scores the
-full test split (25,000 reviews) once, for the results table. Every engine tokenizes with the
-server's own preprocessing (`server.tokenization`) and runs length-sorted batches: PyTorch via
-`trainer.evaluate.predict`, each ONNX model directory via `server.batch_predict.score_texts`.
+full test split (25,000 reviews) once, for the results table. Every engine is fed the server's
+own preprocessing (core.tokenization, with the truncation of the checkpoint or of the model
+directory) in length-sorted batches, through exporter/compare.py.
 
     python -m exporter.accuracy --checkpoint artifacts/checkpoint \
         --model-dir artifacts/model --model-dir artifacts/model-fp32 --data-dir data/imdb
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from server.batch_predict import score_texts
-from server.runner import OnnxRunner
-from server.tokenization import TextEncoder, TruncationConfig
+from core import cli
+from core.checkpoint import CheckpointError
+from core.cli import opt
+from core.modeldir import ModelDirError, read_model_dir
+from exporter.compare import batched_probs, onnx_probs, open_session, torch_probs
+
+PROG = "python -m exporter.accuracy"
 
 
-def torch_probs(checkpoint: Path, texts: list[str], batch_size: int) -> np.ndarray:
+@dataclass(frozen=True)
+class AccuracyConfig:
+    """Accuracy of a checkpoint and its exported graphs on a whole split."""
+
+    checkpoint: Path | None = field(default=None, metadata=opt("trainer checkpoint scored with PyTorch fp32 on the CPU"))
+    model_dir: list[Path] = field(default_factory=list, metadata=opt("exported model dir (repeatable)"))
+    data_dir: Path = field(default=Path("data/imdb"), metadata=opt("directory with <split>.parquet"))
+    split: str = field(default="test", metadata=opt("split to score"))
+    max_samples: int = field(default=0, metadata=opt("0 = the whole split"))
+    batch_size: int = field(default=32, metadata=opt("texts per batch"))
+    output: Path | None = field(default=None, metadata=opt("write the results as JSON here"))
+
+
+def checkpoint_scorer(checkpoint: Path, texts: list[str], batch_size: int) -> Callable[[], np.ndarray]:
     """PyTorch fp32 on the CPU, fed the ids the server would make (the checkpoint's truncation)."""
-    import torch
-    import yaml
-    from transformers import AutoModelForSequenceClassification
+    def score() -> np.ndarray:
+        from exporter.export import load_checkpoint
 
-    from trainer.evaluate import predict
+        ckpt = load_checkpoint(checkpoint)
+        model = ckpt.model.float()
+        return batched_probs({"pytorch": lambda ids, mask: torch_probs(model, ids, mask)},
+                             ckpt.encoder(), texts, batch_size)["pytorch"]
+    return score
 
-    cfg = yaml.safe_load((checkpoint / "training_config.yaml").read_text())
-    encoder = TextEncoder.from_file(checkpoint / "tokenizer.json", TruncationConfig.from_dict(cfg))
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).float().eval()
-    return predict(model, encoder.encode_batch(texts), encoder.pad_id, torch.device("cpu"), batch_size)
+
+def model_dir_scorer(model_dir: Path, texts: list[str], batch_size: int) -> Callable[[], np.ndarray]:
+    """A model directory's graph, fed its own serving tokenizer's ids."""
+    def score() -> np.ndarray:
+        model = read_model_dir(model_dir)
+        session = open_session(model.graph, str(model.serving.get("target", "cpu")))
+        return batched_probs({"onnx": lambda ids, mask: onnx_probs(session, ids, mask)},
+                             model.encoder(), texts, batch_size)["onnx"]
+    return score
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exporter.accuracy", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, help="trainer checkpoint scored with PyTorch fp32 on the CPU")
-    parser.add_argument("--model-dir", type=Path, action="append", default=[], help="exported model dir (repeatable)")
-    parser.add_argument("--data-dir", type=Path, default=Path("data/imdb"), help="directory with <split>.parquet")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--max-samples", type=int, default=0, help="0 = the whole split")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--output", type=Path, help="write the results as JSON here")
-    args = parser.parse_args(argv)
-
+    args = cli.parse_settings(AccuracyConfig, argv, prog=PROG)
     import pandas as pd
 
     if args.checkpoint is None and not args.model_dir:
-        print("error: give --checkpoint and/or --model-dir", file=sys.stderr)
-        return 2
+        return cli.fail("", "give --checkpoint and/or --model-dir")
     path = args.data_dir / f"{args.split}.parquet"
     if not path.is_file():
-        print(f"error: {path}: no such file", file=sys.stderr)
-        return 2
+        return cli.fail("", f"{path}: no such file")
     frame = pd.read_parquet(path, columns=["text", "label"])
     if args.max_samples:
         frame = frame.sample(n=min(args.max_samples, len(frame)), random_state=0)
@@ -65,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict] = []
     reference: np.ndarray | None = None
-    engines = [("pytorch fp32", lambda: torch_probs(args.checkpoint, texts, args.batch_size))] if args.checkpoint else []
-    engines += [(f"onnx {d}", (lambda d=d: score_texts(OnnxRunner(d), texts, args.batch_size)))
-                for d in args.model_dir]
+    engines = [("pytorch fp32", checkpoint_scorer(args.checkpoint, texts, args.batch_size))] if args.checkpoint else []
+    engines += [(f"onnx {d}", model_dir_scorer(d, texts, args.batch_size)) for d in args.model_dir]
     for name, score in engines:
         start = time.perf_counter()
-        probs = score()
+        try:
+            probs = score()
+        except (CheckpointError, ModelDirError) as exc:
+            return cli.fail("", str(exc))
         predicted = probs.argmax(-1)
         row = {"engine": name, "samples": int(len(labels)),
                "accuracy": float((predicted == labels).mean()), "seconds": round(time.perf_counter() - start, 1)}

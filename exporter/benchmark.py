@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.config import parse_config
-from exporter.parity import onnx_feed, onnx_probs, open_session, torch_probs
-from server.tokenization import pad_batch
+from exporter.compare import batched_probs, onnx_feed, onnx_probs, open_session, torch_probs
 
 MODELS = ("minilm", "distilbert", "checkpoint")
 # name -> (optimize level, per_channel, quantize embeddings); None = fp32 graph
@@ -95,7 +94,7 @@ def build_checkpoint(name: str, path: Path, cfg: BenchmarkConfig, splits) -> Pat
     from transformers import AutoTokenizer, BertForSequenceClassification, DistilBertConfig
     from transformers import DistilBertForSequenceClassification
 
-    from server.tokenization import TextEncoder, TruncationConfig
+    from core.tokenization import TextEncoder, TruncationConfig
 
     if (path / "training_config.yaml").is_file():
         return path
@@ -184,15 +183,9 @@ def latency(model, sessions: dict, cfg: BenchmarkConfig, vocab_size: int) -> dic
 
 
 def agreement(model, sessions: dict, encoder, eval_texts, eval_labels) -> dict:
-    seqs = encoder.encode_batch(eval_texts)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    probs = {name: np.zeros((len(seqs), 2), np.float32) for name in ["pytorch fp32 eager", *sessions]}
-    for start in range(0, len(order), 16):
-        idx = order[start:start + 16]
-        ids, mask = pad_batch([seqs[i] for i in idx], encoder.pad_id)
-        probs["pytorch fp32 eager"][idx] = torch_probs(model, ids, mask)
-        for name, session in sessions.items():
-            probs[name][idx] = onnx_probs(session, ids, mask)
+    engines = {"pytorch fp32 eager": lambda ids, mask: torch_probs(model, ids, mask)}
+    engines.update({name: (lambda ids, mask, s=session: onnx_probs(s, ids, mask)) for name, session in sessions.items()})
+    probs = batched_probs(engines, encoder, eval_texts, 16)
     ref = probs["pytorch fp32 eager"]
     labels = None if eval_labels is None else np.asarray(eval_labels)
     return {

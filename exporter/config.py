@@ -5,11 +5,12 @@ code, on the command line and in export_report.json.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+from core import cli
+from core.cli import opt
 
 TARGETS = ("cpu", "gpu")
 QUANTIZATIONS = ("auto", "int8", "fp16", "none")
@@ -17,57 +18,53 @@ OPTIMIZATIONS = ("none", "O1", "O2", "O3")
 ISAS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
 
 
-def _opt(help: str, **extra) -> dict:
-    return {"help": help, **extra}
-
-
 @dataclass(frozen=True)
 class ExportConfig:
     """Checkpoint -> parity-gated ONNX model directory."""
 
-    checkpoint: Path = field(metadata=_opt("trainer checkpoint (save_pretrained dir + training_config.yaml)"))
-    output_dir: Path = field(metadata=_opt("model directory to write (replaced atomically)"))
-    target: str = field(default="cpu", metadata=_opt("execution provider the graph is built for", choices=TARGETS))
+    checkpoint: Path = field(metadata=opt("trainer checkpoint (save_pretrained dir + training_config.yaml)"))
+    output_dir: Path = field(metadata=opt("model directory to write (replaced atomically)"))
+    target: str = field(default="cpu", metadata=opt("execution provider the graph is built for", choices=TARGETS))
     quantize: str = field(
         default="auto",
-        metadata=_opt("weights: auto = int8 for cpu, fp16 for gpu", choices=QUANTIZATIONS),
+        metadata=opt("weights: auto = int8 for cpu, fp16 for gpu", choices=QUANTIZATIONS),
     )
     optimize: str = field(
         default="O2",
-        metadata=_opt(
+        metadata=opt(
             "graph fusions (attention, LayerNorm, GELU) applied to the fp32 graph before quantization",
             choices=OPTIMIZATIONS,
         ),
     )
     isa: str = field(
         default="auto",
-        metadata=_opt("int8 preset for this CPU; auto reads /proc/cpuinfo", choices=ISAS),
+        metadata=opt("int8 preset for this CPU; auto reads /proc/cpuinfo", choices=ISAS),
     )
     per_channel: bool = field(
         default=True,
-        metadata=_opt("per-channel weight scales (per-tensor lost 1.9 accuracy points in the issue's measurement)"),
+        metadata=opt("per-channel weight scales (per-tensor lost 1.9 accuracy points in the issue's measurement)"),
     )
     quantize_embeddings: bool = field(
         default=True,
-        metadata=_opt("int8 embedding tables too (they are half of a MiniLM's weights)"),
+        metadata=opt("int8 embedding tables too (they are half of a MiniLM's weights)"),
     )
     eval_data: Path | None = field(
         default=None,
-        metadata=_opt("IMDB parquet dir for parity; default data/imdb when present, else random text"),
+        metadata=opt("IMDB parquet dir for parity; default data/imdb when present, else random text"),
     )
     eval_samples: int = field(
-        default=500, metadata=_opt("held-out reviews compared between PyTorch and ONNX (0.5 points = 2.5 reviews)")
+        default=500, metadata=opt("held-out reviews compared between PyTorch and ONNX (0.5 points = 2.5 reviews)")
     )
-    max_accuracy_drop: float = field(default=0.5, metadata=_opt("gate: largest accuracy loss in points"))
-    min_agreement: float = field(default=0.98, metadata=_opt("gate: smallest PyTorch/ONNX label agreement (0..1)"))
-    opset: int | None = field(default=None, metadata=_opt("ONNX opset; default optimum's for the architecture"))
-    threads: int = field(default=0, metadata=_opt("ONNX Runtime intra-op threads for parity/latency; 0 = ORT default"))
-    latency_repeats: int = field(default=10, metadata=_opt("timed runs per batch size (median reported)"))
-    model_name: str | None = field(default=None, metadata=_opt("serving name; default the checkpoint's base_model"))
-    model_version: str | None = field(default=None, metadata=_opt("serving version; default a hash of model.onnx"))
-    seed: int = field(default=0, metadata=_opt("seed for sampling parity reviews"))
+    max_accuracy_drop: float = field(default=0.5, metadata=opt("gate: largest accuracy loss in points"))
+    min_agreement: float = field(default=0.98, metadata=opt("gate: smallest PyTorch/ONNX label agreement (0..1)"))
+    opset: int | None = field(default=None, metadata=opt("ONNX opset; default optimum's for the architecture"))
+    threads: int = field(default=0, metadata=opt("ONNX Runtime intra-op threads for parity/latency; 0 = ORT default"))
+    latency_repeats: int = field(default=10, metadata=opt("timed runs per batch size (median reported)"))
+    model_name: str | None = field(default=None, metadata=opt("serving name; default the checkpoint's base_model"))
+    model_version: str | None = field(default=None, metadata=opt("serving version; default a hash of model.onnx"))
+    seed: int = field(default=0, metadata=opt("seed for sampling parity reviews"))
     log_level: str = field(
-        default="info", metadata=_opt("progress on stderr; debug adds the trace of a failed export",
+        default="info", metadata=opt("progress on stderr; debug adds the trace of a failed export",
                                       choices=("debug", "info", "warning"))
     )
 
@@ -95,47 +92,12 @@ class ExportConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage plus the error; we want one line naming the problem."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def build_parser(config_cls: type = None, prog: str = "exporter",
-                 description: str = "Checkpoint -> verified ONNX model directory.") -> argparse.ArgumentParser:
+def build_parser(config_cls: type | None = None, prog: str = "exporter",
+                 description: str = "Checkpoint -> verified ONNX model directory.") -> cli.OneLineParser:
     """One `--flag` per field of the frozen dataclass `config_cls` (default ExportConfig)."""
-    config_cls = config_cls or ExportConfig
-    parser = _OneLineParser(prog=prog, description=description)
-    hints = typing.get_type_hints(config_cls)
-    for f in fields(config_cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        args = typing.get_args(kind)
-        if args:  # `X | None`
-            kind = next(a for a in args if a is not type(None))
-        kwargs: dict = {"help": f.metadata.get("help", ""), "dest": f.name}
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = kind
-        if f.default is MISSING:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = f.default
-        parser.add_argument(flag, **kwargs)
-    return parser
+    return cli.build_parser(config_cls or ExportConfig, prog=prog, description=description, name_errors=True)
 
 
-def parse_config(argv: list[str] | None, config_cls: type = None, prog: str = "exporter"):
+def parse_config(argv: list[str] | None, config_cls: type | None = None, prog: str = "exporter") -> Any:
     """Parse argv into `config_cls` (default ExportConfig); bad values exit 2 with one line."""
-    config_cls = config_cls or ExportConfig
-    parser = build_parser(config_cls, prog, (config_cls.__doc__ or "").strip().splitlines()[0] if config_cls.__doc__ else "")
-    ns = parser.parse_args(argv)
-    try:
-        return config_cls(**vars(ns))
-    except ValueError as exc:
-        parser.error(str(exc))
+    return cli.parse_settings(config_cls or ExportConfig, argv, prog=prog, name_errors=True)

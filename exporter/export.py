@@ -6,16 +6,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from core.checkpoint import CheckpointError, check_checkpoint_dir, read_training_config
+from core.tokenization import TextEncoder, TruncationConfig
 
-from server.tokenization import TextEncoder, TruncationConfig
-
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-REQUIRED_TRAINING_KEYS = ("base_model", "max_length", "truncation")
-
-
-class CheckpointError(Exception):
-    """The checkpoint is missing or unusable; the message names the problem."""
+__all__ = ["Checkpoint", "CheckpointError", "export_onnx", "load_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -34,36 +28,16 @@ class Checkpoint:
         return TextEncoder.from_file(self.tokenizer_file, self.truncation)
 
 
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a mapping")
-    return data
-
-
 def load_checkpoint(path: Path) -> Checkpoint:
     """Validate the trainer's layout, then load the PyTorch model (eval mode, fp32)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
-    for name in ("config.json", "tokenizer.json", "training_config.yaml"):
-        if not (path / name).is_file():
-            raise CheckpointError(f"checkpoint {path} has no {name}")
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise CheckpointError(f"checkpoint {path} has no weights ({' or '.join(WEIGHT_FILES)})")
+    path = check_checkpoint_dir(path)
     try:
         hf_config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {path / 'config.json'}: {exc}") from None
-    training = _read_yaml(path / "training_config.yaml")
-    missing = [k for k in REQUIRED_TRAINING_KEYS if k not in training]
-    if missing:
-        raise CheckpointError(f"{path / 'training_config.yaml'} lacks {', '.join(missing)}")
+    record = read_training_config(path)
+    training, truncation = record.values, record.truncation
     try:
-        truncation = TruncationConfig.from_dict(training)
         TextEncoder.from_file(path / "tokenizer.json", truncation)
     except Exception as exc:  # tokenizers raises bare Exception subclasses
         raise CheckpointError(f"checkpoint tokenizer/truncation unusable: {exc}") from None

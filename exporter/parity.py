@@ -1,7 +1,7 @@
-"""PyTorch vs ONNX on held-out reviews, through the server's own preprocessing.
+"""The export gate: PyTorch vs ONNX on held-out reviews (engines run by exporter/compare.py).
 
 Both models receive the same ids: TextEncoder (clean, tokenize, truncate as in
-training) then pad_batch, exactly what the server's runner does. Any difference in
+training) then pad_batch, exactly what the server does. Any difference in
 labels is therefore the graph's, not the tokenizer's.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server.runner import softmax
-from server.tokenization import TextEncoder, pad_batch
+from core.tokenization import TextEncoder
+from exporter.compare import batched_probs, onnx_probs, torch_probs
 
 DEFAULT_DATA_DIR = Path("data/imdb")
 BATCH = 16
@@ -28,30 +28,6 @@ class EvalSet:
     texts: list[str]
     labels: list[int] | None  # None for random text: agreement only, no accuracy
     source: str
-
-
-def open_session(path: Path, target: str = "cpu", threads: int = 0, spinning: bool = True):
-    """`spinning=False` when several engines share the cores: ORT's idle workers otherwise
-    busy-wait after each run and starve whatever runs next (PyTorch, another session)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = ["CPUExecutionProvider"]
-    if target == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), options, providers=providers)
-
-
-def onnx_feed(session, ids: np.ndarray, mask: np.ndarray) -> dict:
-    names = {i.name for i in session.get_inputs()}
-    feed = {"input_ids": ids, "attention_mask": mask}
-    if "token_type_ids" in names:  # BERT has segment embeddings; one segment -> zeros
-        feed["token_type_ids"] = np.zeros_like(ids)
-    return {k: v for k, v in feed.items() if k in names}
 
 
 def load_eval_set(data_dir: Path | None, n: int, seed: int, vocab: list[str],
@@ -103,35 +79,15 @@ def _random_text(n: int, seed: int, vocab: list[str]) -> EvalSet:
     return EvalSet(texts, None, "random text (no --eval-data and no data/imdb)")
 
 
-def torch_probs(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
-    return softmax(logits.float().numpy())
-
-
-def onnx_probs(session, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    logits = session.run(None, onnx_feed(session, ids, mask))[0]
-    return softmax(np.asarray(logits, dtype=np.float32))
-
-
 def parity_report(model, session, encoder: TextEncoder, eval_set: EvalSet) -> dict:
     """Label agreement, accuracy of each side, max |prob diff| over all classes."""
-    seqs = encoder.encode_batch(eval_set.texts)
-    # sort by length so each padded batch is tight, as the server's batcher does
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    pt_rows, ox_rows = {}, {}
-    for start in range(0, len(order), BATCH):
-        idx = order[start : start + BATCH]
-        ids, mask = pad_batch([seqs[i] for i in idx], encoder.pad_id)
-        for i, p, q in zip(idx, torch_probs(model, ids, mask), onnx_probs(session, ids, mask)):
-            pt_rows[i], ox_rows[i] = p, q
-    pt = np.stack([pt_rows[i] for i in range(len(seqs))])
-    ox = np.stack([ox_rows[i] for i in range(len(seqs))])
+    probs = batched_probs({"pytorch": lambda ids, mask: torch_probs(model, ids, mask),
+                           "onnx": lambda ids, mask: onnx_probs(session, ids, mask)},
+                          encoder, eval_set.texts, BATCH)
+    pt, ox = probs["pytorch"], probs["onnx"]
     pt_label, ox_label = pt.argmax(1), ox.argmax(1)
     report = {
-        "samples": len(seqs),
+        "samples": len(eval_set.texts),
         "source": eval_set.source,
         "label_agreement": float((pt_label == ox_label).mean()),
         "max_abs_prob_diff": float(np.abs(pt - ox).max()),

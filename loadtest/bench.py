@@ -186,22 +186,22 @@ def measure_ceiling(config: BenchConfig, texts: list[str], server_layout: tuple[
     layouts and sizes, not only the server's: the ceiling must be the best the runtime can
     do on this machine, whatever the server chose. Also returns each text's token count.
     """
-    from server.runner import physical_cores
+    from core.layout import physical_cores
 
     results, info, tokens = [], {}, []
     with _ceiling_affinity(config):
         for streams, threads in ceiling_layouts(physical_cores(), server_layout):
-            runner = _ceiling_runner(config, threads)
+            model = _ceiling_model(config, threads)
             if (streams, threads) == server_layout:  # always among the layouts
-                info = runner.info
-            tokens = tokens or [len(ids) for ids in runner.encode(texts)]
+                info = model.runner.info
+            tokens = tokens or [len(ids) for ids in model.encoder.encode(texts)]
             for size in ceiling_batch_sizes(config.max_batch_size):
-                entry = _ceiling_run(config, runner, texts, tokens, streams, size)
+                entry = _ceiling_run(config, model, texts, tokens, streams, size)
                 entry.update(threads=threads)
                 results.append(entry)
                 print(f"[ceiling] {streams} stream(s) x {threads} thread(s), batch {size}: "
                       f"{entry['texts_per_s']:.1f} texts/s", flush=True)
-            del runner
+            del model
     best = max(results, key=lambda e: e["texts_per_s"])
     own = [e for e in results if (e["streams"], e["threads"]) == server_layout]
     return {"texts_per_s": best["texts_per_s"], "sweep_best_texts_per_s": best["texts_per_s"],
@@ -222,8 +222,8 @@ def repeat_ceiling(config: BenchConfig, texts: list[str], tokens: list[int], cei
     """
     layout, size = ceiling["best_layout"], ceiling["best_batch_size"]
     with _ceiling_affinity(config):
-        runner = _ceiling_runner(config, layout["threads"])
-        entry = _ceiling_run(config, runner, texts, tokens, layout["streams"], size)
+        model = _ceiling_model(config, layout["threads"])
+        entry = _ceiling_run(config, model, texts, tokens, layout["streams"], size)
     entry.update(threads=layout["threads"], when=when)
     ceiling["repeats"].append(entry)
     runs = [ceiling["sweep_best_texts_per_s"], *(e["texts_per_s"] for e in ceiling["repeats"])]
@@ -243,22 +243,25 @@ def queueing_bound(ceiling: dict, tokens: list[int], p95_ms: float) -> dict:
     return {"fraction": fraction, "workers": streams, "p95_ms": p95_ms}
 
 
-def _ceiling_runner(config: BenchConfig, threads: int):
-    """The server's OnnxRunner as the ceiling runs it: `threads` intra-op threads, warmed up."""
-    from server.runner import OnnxRunner
+def _ceiling_model(config: BenchConfig, threads: int):
+    """The server's encoder and OnnxRunner as the ceiling runs them: one session with
+    `threads` intra-op threads, warmed up."""
+    from server.config import ServerConfig
+    from server.model import load_model
 
-    runner = OnnxRunner(config.model_dir, intra_op_threads=threads, max_batch_size=config.max_batch_size)
-    runner.warmup()
-    return runner
+    model = load_model(ServerConfig(model_dir=config.model_dir, intra_op_threads=threads, inference_workers=1,
+                                    max_batch_size=config.max_batch_size))
+    model.runner.warmup()
+    return model
 
 
-def _ceiling_run(config: BenchConfig, runner, texts: list[str], tokens: list[int], streams: int, size: int) -> dict:
+def _ceiling_run(config: BenchConfig, model, texts: list[str], tokens: list[int], streams: int, size: int) -> dict:
     """One tight-loop run: batches of `size` sorted by `tokens` (each text's), shuffled, for ceiling_s seconds."""
     order = sorted(range(len(texts)), key=lambda i: tokens[i])
     batches = [[texts[i] for i in order[k:k + size]] for k in range(0, len(order), size)]
     random.Random(config.seed).shuffle(batches)
     asyncio.run(wait_for_quiet(config.max_other_cpu, config.quiet_wait_s))
-    entry = _tight_loop(runner, batches, streams, config.ceiling_s)
+    entry = _tight_loop(model, batches, streams, config.ceiling_s)
     entry.update(streams=streams, batch_size=size)
     return entry
 
@@ -279,7 +282,7 @@ def _ceiling_affinity(config: BenchConfig):
             os.sched_setaffinity(0, range(os.cpu_count() or 1))
 
 
-def _tight_loop(runner, batches: list[list[str]], streams: int, seconds: float) -> dict:
+def _tight_loop(model, batches: list[list[str]], streams: int, seconds: float) -> dict:
     """`streams` threads take batches from one shared cycle until `seconds` have passed."""
     lock = threading.Lock()
     cycle = itertools.cycle(batches)
@@ -290,8 +293,8 @@ def _tight_loop(runner, batches: list[list[str]], streams: int, seconds: float) 
         while time.perf_counter() - start < seconds:
             with lock:
                 batch = next(cycle)
-            seqs = runner.encode(batch)
-            runner.predict(seqs)
+            seqs = model.encoder.encode(batch)
+            model.runner.predict(seqs)
             with lock:
                 totals["texts"] += len(batch)
                 totals["tokens"] += sum(len(x) for x in seqs)
@@ -446,7 +449,7 @@ def run_overload_bench(config: BenchConfig, argv: list[str]) -> int:
     info = machine_info()
     print(f"bench --overload: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
           f"{info['logical_cpus']} CPUs", flush=True)
-    from server.runner import model_on_gpu, thread_layout
+    from core.layout import model_on_gpu, thread_layout
 
     workers, threads = thread_layout(config.inference_workers, config.intra_op_threads, model_on_gpu(config.model_dir))
     cmd = [sys.executable, "-m", "server", "--model-dir", str(config.model_dir), "--host", "127.0.0.1",
@@ -475,7 +478,7 @@ def run(config: BenchConfig, argv: list[str]) -> int:
     info = machine_info()
     print(f"bench: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
           f"{info['logical_cpus']} CPUs", flush=True)
-    from server.runner import model_on_gpu, physical_cores, thread_layout
+    from core.layout import model_on_gpu, physical_cores, thread_layout
 
     cores = physical_cores()
     # The layout the server picks by default for this model (one worker on a GPU).

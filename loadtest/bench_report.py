@@ -32,7 +32,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     try:
-        from server.runner import physical_cores
+        from core.layout import physical_cores
 
         cores = physical_cores()
     except ImportError:

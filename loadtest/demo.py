@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
+from core.labels import ID2LABEL
 from loadtest.procs import ServedProcess
 
 SAMPLE_REVIEWS = [  # used when the dataset is not available (e.g. a model dir brought from elsewhere)
@@ -36,7 +37,7 @@ SAMPLE_REVIEWS = [  # used when the dataset is not available (e.g. a model dir b
     ("Great direction, great music, great performances. Highly recommended!", 1),
     ("Terrible editing, wooden dialogue and a painfully slow second half.", 0),
 ]
-LABELS = {0: "negative", 1: "positive"}
+LABELS = ID2LABEL
 
 
 @dataclass(frozen=True)

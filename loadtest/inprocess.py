@@ -13,9 +13,9 @@ import asyncio
 from typing import Sequence
 
 from loadtest.openloop import Start
-from server.app import load_runner
 from server.config import ServerConfig
 from server.inference import InferenceService, startup_timings
+from server.model import load_model
 
 
 class InProcessServer:
@@ -23,14 +23,15 @@ class InProcessServer:
 
     def __init__(self, config: ServerConfig, texts: Sequence[str]) -> None:
         self.texts = list(texts)
-        self.runner = load_runner(config)
+        self.model = load_model(config)
+        self.runner = self.model.runner
         self.runner.warmup()
         self._timings = startup_timings(self.runner)
         self._config = config
         self.service: InferenceService | None = None
 
     async def __aenter__(self) -> InProcessServer:
-        self.service = InferenceService(self.runner, self._config, timings=self._timings)
+        self.service = InferenceService(self.model.encoder, self.runner, self._config, timings=self._timings)
         await self.service.start()
         return self
 

@@ -21,7 +21,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from server.tokenization import TextEncoder, TruncationConfig
+from core.checkpoint import read_training_config
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,6 @@ class TorchClassifier:
 
     def __init__(self, checkpoint: Path, threads: int = 0, device: str = "cpu") -> None:
         import torch
-        import yaml
         from transformers import AutoModelForSequenceClassification
 
         if threads:
@@ -46,9 +45,9 @@ class TorchClassifier:
         self.torch = torch
         self.device = torch.device(device)
         self.model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval().to(self.device)
-        train_cfg = yaml.safe_load((checkpoint / "training_config.yaml").read_text()) or {}
-        truncation = TruncationConfig.from_dict(train_cfg)
-        self.encoder = TextEncoder.from_file(checkpoint / "tokenizer.json", truncation)
+        record = read_training_config(checkpoint)
+        truncation = record.truncation
+        self.encoder = record.encoder()
         id2label = self.model.config.id2label
         self.labels = [id2label[i] for i in sorted(id2label)]
         self.uses_token_types = self.model.config.model_type in ("bert", "roberta", "xlm-roberta", "electra")

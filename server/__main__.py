@@ -22,9 +22,10 @@ from typing import Sequence  # noqa: E402
 import orjson  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from server.app import begin_drain, create_app, load_runner, wait_drained  # noqa: E402
+from server.app import begin_drain, create_app, wait_drained  # noqa: E402
 from server.config import ServerConfig, parse_config  # noqa: E402
-from server.runner import ModelDirError  # noqa: E402
+from core.modeldir import ModelDirError  # noqa: E402
+from server.model import load_model  # noqa: E402
 
 log = logging.getLogger("server")
 
@@ -90,11 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     setup_logging(config.log_level)
     try:
-        runner = load_runner(config)
+        model = load_model(config)
     except ModelDirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(config, runner=runner)
+    app = create_app(config, runner=model.runner, encoder=model.encoder)
     try:
         asyncio.run(serve(config, app))
     except OSError as exc:  # port in use, address not available

@@ -9,24 +9,30 @@ from aiohttp import web
 from server import handlers
 from server.config import ServerConfig
 from server.errors import error_middleware
+from server.encoder import Encoder
 from server.inference import InferenceService, startup_timings
 from server.metrics import Metrics
+from server.model import ServedModel, load_model
 from server.openapi import openapi_handler
-from server.runner import OnnxRunner, Runner, model_on_gpu, thread_layout, uses_cuda
-from server.state import BATCHER, CONFIG, METRICS, RUNNER, SERVICE, STATE, ServerState
+from server.runner import Runner
+from server.state import BATCHER, CONFIG, METRICS, MODEL, SERVICE, STATE, ServerState
 
 log = logging.getLogger("server.app")
 
 
-def create_app(config: ServerConfig, runner: Runner | None = None, metrics: Metrics | None = None) -> web.Application:
-    """`runner=None` loads an OnnxRunner from `config.model_dir` at start-up (tests pass a fake)."""
+def create_app(config: ServerConfig, runner: Runner | None = None, metrics: Metrics | None = None,
+               encoder: Encoder | None = None) -> web.Application:
+    """With no `runner`, the model directory `config.model_dir` is loaded at start-up; a given
+    runner (a test's fake, or one loaded before the port opened) comes with its encoder."""
+    if (runner is None) != (encoder is None):
+        raise TypeError("create_app: give both runner and encoder, or neither")
     app = web.Application(client_max_size=config.max_body_bytes,
                           middlewares=[handlers.observe_middleware, error_middleware])
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics()
     app[STATE] = ServerState()
-    if runner is not None:
-        app[RUNNER] = runner
+    if runner is not None and encoder is not None:
+        app[MODEL] = ServedModel(encoder, runner)
     app.cleanup_ctx.append(_model_ctx)
     app.router.add_post("/v1/predict", handlers.predict, name="predict")
     app.router.add_get("/v1/model", handlers.model_info, name="model")
@@ -37,39 +43,17 @@ def create_app(config: ServerConfig, runner: Runner | None = None, metrics: Metr
     return app
 
 
-def load_runner(config: ServerConfig) -> OnnxRunner:
-    """The model directory's runner, with the cores split among the inference workers.
-
-    The layout depends on the device, known for sure only once the session exists: where
-    the CUDA provider is present but fails to start, ONNX Runtime falls back to the CPU, and
-    the GPU's layout (one worker with every core) would meet the CPU's worker count. So a
-    session that fell back is built again with the CPU's layout.
-    """
-    def build(gpu: bool) -> OnnxRunner:
-        workers, intra = thread_layout(config.inference_workers, config.intra_op_threads, gpu)
-        return OnnxRunner(config.model_dir, intra, config.inter_op_threads, config.truncate,
-                          sessions=workers if intra > 1 else 1, shape_bucket=config.shape_bucket,
-                          max_batch_size=config.max_batch_size)
-
-    gpu = model_on_gpu(config.model_dir)
-    runner = build(gpu)
-    if gpu and not uses_cuda(runner.info.get("providers", ())):
-        log.warning("model exported for a GPU, but ONNX Runtime's CUDA provider did not start: serving on CPU")
-        runner = build(gpu=False)
-    return runner
-
-
 async def _model_ctx(app: web.Application):
     """Load (if not given) and warm up the model off the event loop, start the inference
     layer (seeded with the warm-up's batch timings); then ready. On cleanup, the reverse."""
     config, state, loop = app[CONFIG], app[STATE], asyncio.get_running_loop()
-    if RUNNER not in app:
-        app[RUNNER] = await loop.run_in_executor(None, lambda: load_runner(config))
-    runner: Runner = app[RUNNER]
+    if MODEL not in app:
+        app[MODEL] = await loop.run_in_executor(None, lambda: load_model(config))
+    encoder, runner = app[MODEL].encoder, app[MODEL].runner
     await loop.run_in_executor(None, runner.warmup)
     timings = await loop.run_in_executor(None, startup_timings, runner)
     app[METRICS].set_model_info(runner.info)
-    service = InferenceService(runner, config, app[METRICS], timings=timings)
+    service = InferenceService(encoder, runner, config, app[METRICS], timings=timings)
     app[SERVICE] = service
     app[BATCHER] = service.batcher
     await service.start()

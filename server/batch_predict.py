@@ -6,11 +6,11 @@ server's inference layer and OnnxRunner, so offline and online answers agree.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -18,11 +18,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
+from core import cli  # noqa: E402
+from core.cli import opt  # noqa: E402
+from core.modeldir import ModelDirError  # noqa: E402
 from server.config import ServerConfig  # noqa: E402
 from server.inference import InferenceService  # noqa: E402
-from server.runner import ModelDirError, OnnxRunner  # noqa: E402
+from server.model import ServedModel, load_model  # noqa: E402
 
 FORMATS = (".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class BatchPredictConfig:
+    """Score a .csv or .parquet file of texts with an exported model directory."""
+
+    model_dir: Path = field(metadata=opt("model directory written by the exporter"))
+    input: Path = field(metadata=opt("a .csv or .parquet file with a `text` column", positional=True))
+    output: Path = field(metadata=opt("where to write the input plus label, score and prob_<label>", positional=True))
+    batch_size: int = field(default=32, metadata=opt("texts per batch"))
+    intra_op_threads: int = field(default=0, metadata=opt("ONNX Runtime threads; 0 = physical cores"))
 
 
 class Progress:
@@ -56,24 +70,25 @@ class Progress:
             print(file=sys.stderr)
 
 
-def score_texts(runner: OnnxRunner, texts: Sequence[str], batch_size: int = 32,
+def score_texts(model: ServedModel, texts: Sequence[str], batch_size: int = 32,
                 progress: Progress | None = None) -> np.ndarray:
     """Probabilities [n, labels] in input order, through the server's inference layer; batches
     of similar length (texts sorted by characters, a close proxy for tokens: less padding)."""
-    return asyncio.run(_score(runner, texts, batch_size, progress))
+    return asyncio.run(_score(model, texts, batch_size, progress))
 
 
 # Batches in flight at once: one being tokenized while the other runs.
 _IN_FLIGHT = 2
 
 
-async def _score(runner: OnnxRunner, texts: Sequence[str], batch_size: int, progress: Progress | None) -> np.ndarray:
+async def _score(model: ServedModel, texts: Sequence[str], batch_size: int, progress: Progress | None) -> np.ndarray:
+    runner = model.runner
     # One worker with the runner's threads; every chunk is one batch: no latency budget, no
     # deadline, a queue that holds what is in flight.
     config = ServerConfig(max_batch_size=batch_size, max_batch_tokens=batch_size * runner.max_length,
                           max_padding_ratio=1.0, max_wait_ms=0, max_queue=batch_size * _IN_FLIGHT,
                           request_timeout_ms=1e12, latency_budget_ms=0, inference_workers=1)
-    service = InferenceService(runner, config)
+    service = InferenceService(model.encoder, runner, config)
     await service.start()
     probs = np.zeros((len(texts), len(runner.labels)), dtype=np.float32)
     order = np.argsort([len(t) for t in texts], kind="stable")
@@ -109,13 +124,7 @@ def _write(frame, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.batch_predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--intra-op-threads", type=int, default=0, help="0 = physical cores")
-    parser.add_argument("input", type=Path)
-    parser.add_argument("output", type=Path)
-    args = parser.parse_args(argv)
+    args = cli.parse_settings(BatchPredictConfig, argv, prog="python -m server.batch_predict")
     for path in (args.input, args.output):
         if path.suffix not in FORMATS:
             return _fail(f"{path}: unsupported file type (use {' or '.join(FORMATS)})")
@@ -134,18 +143,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "text" not in frame.columns:
         return _fail(f"{args.input}: no `text` column (columns: {', '.join(map(str, frame.columns))[:200]})")
     try:
-        runner = OnnxRunner(args.model_dir, intra_op_threads=args.intra_op_threads)
+        model = load_model(ServerConfig(model_dir=args.model_dir, intra_op_threads=args.intra_op_threads,
+                                        inference_workers=1))
     except ModelDirError as exc:
         return _fail(str(exc))
     texts = frame["text"].fillna("").astype(str).tolist()
     progress = Progress(len(texts))
-    probs = score_texts(runner, texts, args.batch_size, progress)
+    probs = score_texts(model, texts, args.batch_size, progress)
     progress.close()
-    labels = np.array(runner.labels)
+    labels = np.array(model.runner.labels)
     best = probs.argmax(axis=1) if len(texts) else np.zeros(0, dtype=int)
     frame["label"] = labels[best]
     frame["score"] = probs[np.arange(len(texts)), best]
-    for j, label in enumerate(runner.labels):
+    for j, label in enumerate(model.runner.labels):
         frame[f"prob_{label}"] = probs[:, j]
     _write(frame, args.output)
     print(f"wrote {len(frame)} rows to {args.output}", file=sys.stderr)
@@ -153,8 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+    return cli.fail("", message)
 
 
 if __name__ == "__main__":

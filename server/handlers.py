@@ -15,7 +15,7 @@ from server import batcher as b
 from server import inference
 from server.errors import ApiError
 from server.schemas import check_content_type, parse_predict_body
-from server.state import BATCH_SIZE, CONFIG, METRICS, REJECT_REASON, REQUEST_ID, RUNNER, SERVICE, STATE, TEXT_COUNT
+from server.state import BATCH_SIZE, CONFIG, METRICS, REJECT_REASON, REQUEST_ID, MODEL, SERVICE, STATE, TEXT_COUNT
 
 access_log = logging.getLogger("server.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -116,7 +116,7 @@ async def _predict(request: web.Request, config, service: inference.InferenceSer
 
 async def model_info(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
-    info = dict(request.app[RUNNER].info)
+    info = request.app[SERVICE].model_info()
     info["batching"] = request.app[SERVICE].info()  # as resolved at start-up (0 = auto settings show their value)
     info["limits"] = {"max_text_chars": config.max_text_chars,
                       "max_texts_per_request": config.max_texts_per_request,
@@ -159,10 +159,10 @@ async def observe_middleware(request: web.Request, handler) -> web.StreamRespons
         response = await handler(request)
         status = response.status
         response.headers["X-Request-ID"] = request_id
-        runner = request.app.get(RUNNER)
-        if runner is not None:
-            response.headers["X-Model-Name"] = str(runner.info["model_name"])
-            response.headers["X-Model-Version"] = str(runner.info["model_version"])
+        model = request.app.get(MODEL)
+        if model is not None:
+            response.headers["X-Model-Name"] = str(model.runner.info["model_name"])
+            response.headers["X-Model-Version"] = str(model.runner.info["model_version"])
         if request.app[STATE].draining:
             # `Connection: close` while draining: a keep-alive client that reused the
             # connection as the server shuts down would see its request reset unanswered.

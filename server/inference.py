@@ -21,13 +21,15 @@ from typing import Sequence
 
 import numpy as np
 
+from core.layout import thread_layout, uses_cuda
 from server import admission
 from server.batcher import BatchLimits, BatchResult, MicroBatcher, QueueFull
 from server.config import ServerConfig
 from server.costmodel import seeded
 from server.looplag import LoopLag
 from server.metrics import Metrics
-from server.runner import Runner, thread_layout, uses_cuda
+from server.encoder import Encoder
+from server.runner import Runner
 
 log = logging.getLogger("server.inference")
 
@@ -94,11 +96,14 @@ def startup_timings(runner: Runner) -> list[tuple[int, float]]:
 
 
 class InferenceService:
-    """Admission, tokenizing, batching and answers for one runner. `start()` before use."""
+    """Admission, tokenizing, batching and answers for one model: the encoder turns texts into
+    ids on the tokenizer thread, the runner turns batches of ids into probabilities on the
+    inference workers. `start()` before use."""
 
-    def __init__(self, runner: Runner, config: ServerConfig, metrics: Metrics | None = None,
+    def __init__(self, encoder: Encoder, runner: Runner, config: ServerConfig, metrics: Metrics | None = None,
                  timings: Sequence[tuple[int, float]] = ()) -> None:
         """`timings`: (tokens, seconds) of batches timed at start-up (the runner's warm-up)."""
+        self.encoder = encoder
         self.runner = runner
         self.config = config
         self.metrics = metrics
@@ -116,7 +121,7 @@ class InferenceService:
         # long enough that a Poisson burst's few late requests fit in it.
         self.late = admission.Share(tau_s=10.0)
         self.refused = admission.Share()  # requests refused at admission
-        self.token_estimate = admission.TokenEstimate(runner.max_length)
+        self.token_estimate = admission.TokenEstimate(encoder.max_length)
         self.loop_lag = LoopLag()
         self._tokenizing = (0, 0)  # (texts, estimated tokens) admitted and not yet queued; loop thread only
         self._pool: ThreadPoolExecutor | None = None
@@ -234,7 +239,7 @@ class InferenceService:
         self._tokenizing = (self._tokenizing[0] + reserved[0], self._tokenizing[1] + reserved[1])
         try:
             started = loop.time()
-            seqs = await loop.run_in_executor(self._pool, self.runner.encode, texts)
+            seqs = await loop.run_in_executor(self._pool, self.encoder.encode, texts)
             if self.metrics:
                 self.metrics.tokenize_duration.observe(loop.time() - started)
         finally:
@@ -243,8 +248,8 @@ class InferenceService:
             self.token_estimate.observe(len(text), len(seq))
         if not self.config.truncate:
             for i, seq in enumerate(seqs):
-                if len(seq) > self.runner.max_length:
-                    raise TextTooLong(i, len(seq), self.runner.max_length)
+                if len(seq) > self.encoder.max_length:
+                    raise TextTooLong(i, len(seq), self.encoder.max_length)
 
         deadline = arrival + self.config.request_timeout_ms / 1000.0
         shed_at = None
@@ -280,6 +285,10 @@ class InferenceService:
             self.metrics.batch_cost.labels("per_token").set(line.per_token)
             self.metrics.batch_cost.labels("per_batch").set(line.per_batch)
             self.metrics.admission_threshold.set(self.threshold_in_force(asyncio.get_running_loop().time()))
+
+    def model_info(self) -> dict:
+        """The runner's facts (name, version, quantization, providers...) and the encoder's."""
+        return {**self.runner.info, "truncate": self.config.truncate}
 
     def info(self) -> dict:
         """Batching and admission as resolved at start-up, for GET /v1/model."""

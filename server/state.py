@@ -10,7 +10,7 @@ from server.batcher import MicroBatcher
 from server.config import ServerConfig
 from server.inference import InferenceService
 from server.metrics import Metrics
-from server.runner import Runner
+from server.model import ServedModel
 
 
 @dataclass
@@ -24,7 +24,7 @@ class ServerState:
 CONFIG = web.AppKey("config", ServerConfig)
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", ServerState)
-RUNNER = web.AppKey("runner", Runner)
+MODEL = web.AppKey("model", ServedModel)  # the encoder and the runner
 BATCHER = web.AppKey("batcher", MicroBatcher)  # the service's, for tests and introspection
 SERVICE = web.AppKey("service", InferenceService)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from server.tokenization import TruncationConfig
+from core.tokenization import TruncationConfig
 
 PACKAGED_MINILM = "packaged-minilm"
 DEVICES = ("auto", "cpu", "cuda")

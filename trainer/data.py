@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from server.tokenization import clean_text
+from core.labels import ID2LABEL, LABEL2ID
+from core.tokenization import clean_text
 
 log = logging.getLogger(__name__)
 
-LABEL_NAMES = {0: "negative", 1: "positive"}
-CSV_LABELS = {"negative": 0, "positive": 1}
+LABEL_NAMES = ID2LABEL
+CSV_LABELS = LABEL2ID
 # A single CSV (the Kaggle "IMDB Dataset.csv" holds all 50k labelled reviews) gets half
 # of it as test split: the same 25k/25k proportion as the official benchmark.
 CSV_TEST_FRACTION = 0.5

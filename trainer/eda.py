@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from server.tokenization import TextEncoder, TruncationConfig
+from core.tokenization import TextEncoder, TruncationConfig
 from trainer.data import LABEL_NAMES, DataError, load_raw
 
 log = logging.getLogger(__name__)

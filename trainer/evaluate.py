@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from server.tokenization import pad_batch
+from core.tokenization import pad_batch
 from trainer.distributed import DistContext
 from trainer.metrics import classification_metrics
 

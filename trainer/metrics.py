@@ -12,7 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
-CLASS_NAMES = ("negative", "positive")
+from core.labels import LABELS
+
+CLASS_NAMES = LABELS
 
 
 def _positive_probs(probs: np.ndarray) -> np.ndarray:

@@ -23,15 +23,14 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
-from server.tokenization import TextEncoder
+from core.labels import ID2LABEL, LABEL2ID
+from core.tokenization import TextEncoder
 from trainer.config import ConfigError, TrainConfig, config_from_args, dump_yaml, make_parser, resolve_base_model
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
 from trainer.evaluate import evaluate, to_device
 
 log = logging.getLogger("trainer")
 
-ID2LABEL = {0: "negative", 1: "positive"}
-LABEL2ID = {v: k for k, v in ID2LABEL.items()}
 STATE_DIR = "state"
 # Reviews per length-sorted "mega-batch": large enough that batches pad little, small
 # enough that batch order stays well shuffled.
@@ -301,7 +300,7 @@ def _train(cfg: TrainConfig, device: torch.device, dist_ctx: DistContext, out: P
     # -- model
     try:
         raw_model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID
+            model_path, num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"base_model {cfg.base_model}: cannot load model ({str(exc).splitlines()[0]})") from None

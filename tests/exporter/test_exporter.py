@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from exporter.__main__ import MODEL_FILES, main
-from exporter.parity import onnx_feed, open_session
-from server.tokenization import TextEncoder, TruncationConfig, pad_batch, read_serving_config
+from exporter.compare import onnx_feed, open_session
+from core.modeldir import read_serving_config
+from core.tokenization import TextEncoder, TruncationConfig, pad_batch
 
 REPO = Path(__file__).resolve().parents[2]
 # Long enough that head+tail truncation matters at max_length 64.

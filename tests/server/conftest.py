@@ -86,7 +86,7 @@ def serve_fake(aiohttp_client, fake_runner):
     async def start(**overrides):
         # One worker unless a test asks for more: the fake's gate holds one batch at a time.
         config = ServerConfig(**{"inference_workers": 1, **overrides})
-        app = create_app(config, runner=fake_runner)
+        app = create_app(config, runner=fake_runner, encoder=fake_runner)
         return await aiohttp_client(app)
 
     return start

@@ -67,7 +67,8 @@ def main(port: int, budget_ms: float) -> None:
 
     config = ServerConfig(inference_workers=1, max_wait_ms=0, max_batch_tokens=64, max_queue=1024,
                           latency_budget_ms=budget_ms, port=port)
-    web.run_app(create_app(config, runner=SlowRunner()), host="127.0.0.1", port=port, print=None)
+    runner = SlowRunner()  # the fake does both jobs: texts -> ids and ids -> probabilities
+    web.run_app(create_app(config, runner=runner, encoder=runner), host="127.0.0.1", port=port, print=None)
 
 
 if __name__ == "__main__":

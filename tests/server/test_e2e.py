@@ -11,8 +11,11 @@ from onnx import TensorProto, helper, load, save
 
 from server.app import create_app
 from server.config import ServerConfig
+from core.modeldir import read_model_dir
+from server.encoder import ModelEncoder
 from server.runner import OnnxRunner
-from server.tokenization import TextEncoder, TruncationConfig, pad_batch, read_serving_config
+from core.modeldir import read_serving_config
+from core.tokenization import TextEncoder, TruncationConfig, pad_batch
 
 
 def direct_probabilities(model_dir, texts: list[str]) -> np.ndarray:
@@ -80,6 +83,11 @@ def spread_runner(spread_model_dir):
     return OnnxRunner(spread_model_dir, intra_op_threads=1)
 
 
+@pytest.fixture(scope="module")
+def spread_encoder(spread_model_dir):
+    return ModelEncoder(read_model_dir(spread_model_dir))
+
+
 async def test_predictions_match_direct_onnxruntime(aiohttp_client, tiny_model_dir, reviews):
     """Pristine tiny model; requests one at a time, so each is one batch: results must be exact."""
     client = await aiohttp_client(create_app(ServerConfig(model_dir=tiny_model_dir, intra_op_threads=1)))
@@ -97,8 +105,10 @@ async def test_predictions_match_direct_onnxruntime(aiohttp_client, tiny_model_d
     assert info["quantization"] == "int8" and info["max_length"] == 64 and info["parity"]
 
 
-async def test_spread_model_orders_and_truncates(aiohttp_client, spread_model_dir, spread_runner, reviews):
-    client = await aiohttp_client(create_app(ServerConfig(model_dir=spread_model_dir), runner=spread_runner))
+async def test_spread_model_orders_and_truncates(aiohttp_client, spread_model_dir, spread_runner, spread_encoder,
+                                                 reviews):
+    client = await aiohttp_client(create_app(ServerConfig(model_dir=spread_model_dir), runner=spread_runner,
+                                             encoder=spread_encoder))
     texts = corpus(reviews, 20) + ["word " * 500]  # the last one is truncated to 64 tokens
     body = await (await client.post("/v1/predict", json={"texts": texts})).json()
     got = np.array([p["probabilities"]["positive"] for p in body["predictions"]])
@@ -107,11 +117,12 @@ async def test_spread_model_orders_and_truncates(aiohttp_client, spread_model_di
     assert np.ptp(expected) > 0.5  # the texts really are told apart
 
 
-async def test_200_concurrent_requests(aiohttp_client, spread_model_dir, spread_runner, reviews):
+async def test_200_concurrent_requests(aiohttp_client, spread_model_dir, spread_runner, spread_encoder, reviews):
     # 200 requests at once from a client in the server's own event loop is a burst past a 200 ms
     # budget (tests/server/test_overload.py covers that): here every one must be answered.
     client = await aiohttp_client(create_app(ServerConfig(model_dir=spread_model_dir, max_wait_ms=10,
-                                                          latency_budget_ms=0), runner=spread_runner))
+                                                          latency_budget_ms=0), runner=spread_runner,
+                                             encoder=spread_encoder))
     texts = corpus(reviews, 200)
     expected = np.concatenate([direct_probabilities(spread_model_dir, texts[i:i + 50])[:, 1]
                                for i in range(0, 200, 50)])
@@ -139,13 +150,10 @@ class FailingRunner:
 
     marker = "please fail this batch"
 
-    def __init__(self, inner: OnnxRunner) -> None:
+    def __init__(self, inner: OnnxRunner, encoder: ModelEncoder) -> None:
         self.inner = inner
         self.labels, self.max_length, self.info = inner.labels, inner.max_length, inner.info
-        self.poison = inner.encode([self.marker])[0].tobytes()
-
-    def encode(self, texts):
-        return self.inner.encode(texts)
+        self.poison = encoder.encode([self.marker])[0].tobytes()
 
     def predict(self, seqs):
         if any(s.tobytes() == self.poison for s in seqs):
@@ -156,9 +164,10 @@ class FailingRunner:
         self.inner.warmup()
 
 
-async def test_failing_batch_then_recovery(aiohttp_client, spread_model_dir, spread_runner, reviews):
+async def test_failing_batch_then_recovery(aiohttp_client, spread_model_dir, spread_runner, spread_encoder, reviews):
     client = await aiohttp_client(create_app(ServerConfig(model_dir=spread_model_dir, max_batch_size=4,
-                                                          max_wait_ms=20), runner=FailingRunner(spread_runner)))
+                                                          max_wait_ms=20),
+                                             runner=FailingRunner(spread_runner, spread_encoder), encoder=spread_encoder))
     texts = corpus(reviews, 3)
     resp = await client.post("/v1/predict", json={"texts": [texts[0], FailingRunner.marker, texts[1]]})
     assert resp.status == 500

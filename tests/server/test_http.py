@@ -10,7 +10,7 @@ import pytest
 from server.app import begin_drain, wait_drained
 from server.metrics import METRIC_NAMES
 from server.openapi import SPEC
-from server.runner import physical_cores
+from core.layout import physical_cores
 from server.state import BATCHER, STATE
 
 

@@ -16,6 +16,8 @@ import pytest
 
 from loadtest.procs import free_port
 from server.batch_predict import main as batch_main
+from core.modeldir import read_model_dir
+from server.encoder import ModelEncoder
 from server.runner import OnnxRunner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,7 +149,7 @@ def test_batch_predict_csv_and_parquet(tmp_path, tiny_model_dir, reviews, capsys
     out = pd.read_parquet(tmp_path / "out.parquet")
     assert list(out["id"]) == list(range(len(texts)))
     runner = OnnxRunner(tiny_model_dir, intra_op_threads=1)
-    expected = np.stack([runner.predict([s])[0] for s in runner.encode(out["text"].fillna("").tolist())])
+    expected = np.stack([runner.predict([s])[0] for s in ModelEncoder(read_model_dir(tiny_model_dir)).encode(out["text"].fillna("").tolist())])
     assert np.allclose(out[["prob_negative", "prob_positive"]].to_numpy(), expected, atol=1e-6)
     assert list(out["label"]) == [runner.labels[i] for i in expected.argmax(axis=1)]
     assert np.allclose(out["score"], expected.max(axis=1))

@@ -46,7 +46,7 @@ async def burst(client, rate: float, seconds: float, texts=None, headers=None) -
 async def serve(aiohttp_client, runner: SlowRunner, **overrides):
     config = ServerConfig(**{"inference_workers": 1, "max_wait_ms": 0, "max_batch_tokens": 64,
                              "max_queue": 1024, **overrides})
-    return await aiohttp_client(create_app(config, runner=runner))
+    return await aiohttp_client(create_app(config, runner=runner, encoder=runner))
 
 
 class SlowServer:

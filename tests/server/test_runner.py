@@ -8,9 +8,18 @@ import shutil
 import numpy as np
 import pytest
 
-import server.runner as runner_module
-from server.runner import ModelDirError, OnnxRunner, model_on_gpu, physical_cores, softmax, thread_layout
-from server.tokenization import pad_batch
+import core.layout as layout_module
+import server.model as model_module
+from core.layout import model_on_gpu, physical_cores, thread_layout
+from core.modeldir import ModelDirError, read_model_dir
+from core.probs import softmax
+from core.tokenization import pad_batch
+from server.encoder import ModelEncoder
+from server.runner import OnnxRunner
+
+
+def encoder_for(model_dir, truncate=True):
+    return ModelEncoder(read_model_dir(model_dir), truncate)
 
 
 def test_runner_reads_the_model_directory(tiny_model_dir):
@@ -18,7 +27,7 @@ def test_runner_reads_the_model_directory(tiny_model_dir):
     assert runner.labels == ("negative", "positive")
     assert runner.max_length == 64 and runner.info["quantization"] == "int8"
     assert "token_type_ids" in runner.input_names  # BERT: the runner feeds zeros
-    seqs = runner.encode(["good", "word " * 200])
+    seqs = encoder_for(tiny_model_dir).encode(["good", "word " * 200])
     assert len(seqs[1]) == 64 and seqs[0].dtype == np.int64
     probs = runner.predict(seqs)
     assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-6)
@@ -26,8 +35,8 @@ def test_runner_reads_the_model_directory(tiny_model_dir):
 
 
 def test_no_truncation_keeps_every_token(tiny_model_dir):
-    runner = OnnxRunner(tiny_model_dir, intra_op_threads=1, truncate=False)
-    assert len(runner.encode(["word " * 200])[0]) == 202
+    encoder = encoder_for(tiny_model_dir, truncate=False)
+    assert len(encoder.encode(["word " * 200])[0]) == 202
 
 
 @pytest.mark.parametrize("breakage,needle", [
@@ -46,7 +55,7 @@ def test_broken_model_dir_errors(tiny_model_dir, tmp_path, breakage, needle):
 
 def test_thread_default_respects_cgroup_quota(monkeypatch):
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
-    monkeypatch.setattr(runner_module, "_cgroup_cpu_quota", lambda: 1.0)
+    monkeypatch.setattr(layout_module, "cgroup_cpu_quota", lambda: 1.0)
     assert physical_cores() == 1
 
 
@@ -68,7 +77,7 @@ def test_thread_layout_zero_fills_the_physical_cores():
     (0, 0, (8, 1)), (1, 0, (1, 8)), (2, 0, (2, 4)), (3, 0, (3, 2)), (16, 0, (16, 1)), (0, 3, (8, 3)),
 ])
 def test_thread_layout_splits_cores_among_workers(monkeypatch, workers, intra, expected):
-    monkeypatch.setattr(runner_module, "physical_cores", lambda: 8)
+    monkeypatch.setattr(layout_module, "physical_cores", lambda: 8)
     assert thread_layout(workers, intra) == expected
     if workers:  # explicit workers are kept on a GPU too; by default a GPU gets one
         assert thread_layout(workers, intra, gpu=True) == expected
@@ -91,14 +100,14 @@ def test_model_on_gpu_follows_the_export_target_and_the_providers(tiny_model_dir
 
 
 def test_load_runner_gives_each_worker_its_share_of_threads(tiny_model_dir, monkeypatch):
-    from server.app import load_runner
     from server.config import ServerConfig
+    from server.model import load_model
 
-    monkeypatch.setattr(runner_module, "physical_cores", lambda: 4)
-    runner = load_runner(ServerConfig(model_dir=tiny_model_dir, inference_workers=2))
+    monkeypatch.setattr(layout_module, "physical_cores", lambda: 4)
+    runner = load_model(ServerConfig(model_dir=tiny_model_dir, inference_workers=2)).runner
     # Two threads per worker need a session each: one session's pool is shared by its runs.
     assert runner.info["intra_op_threads"] == 2 and runner.info["sessions"] == 2
-    one_thread = load_runner(ServerConfig(model_dir=tiny_model_dir, inference_workers=4))
+    one_thread = load_model(ServerConfig(model_dir=tiny_model_dir, inference_workers=4)).runner
     assert one_thread.info["intra_op_threads"] == 1 and one_thread.info["sessions"] == 1
 
 
@@ -109,17 +118,17 @@ def test_load_runner_falls_back_to_the_cpu_layout_when_cuda_does_not_start(tiny_
     # with every core (which the CPU's worker count would multiply).
     import onnxruntime as ort
 
-    from server.app import load_runner
-    from server.inference import inference_workers
     from server.config import ServerConfig
+    from server.inference import inference_workers
+    from server.model import load_model
 
-    if runner_module.uses_cuda(ort.get_available_providers()):
+    if layout_module.uses_cuda(ort.get_available_providers()):
         pytest.skip("the CUDA provider is present here and may start")
-    monkeypatch.setattr(runner_module, "physical_cores", lambda: 4)
-    monkeypatch.setattr(runner_module, "cuda_wanted", lambda serving: True)
+    monkeypatch.setattr(layout_module, "physical_cores", lambda: 4)
+    monkeypatch.setattr(model_module, "cuda_wanted", lambda serving: True)
     config = ServerConfig(model_dir=tiny_model_dir)
-    with caplog.at_level("WARNING", logger="server.app"):
-        runner = load_runner(config)
+    with caplog.at_level("WARNING", logger="server.model"):
+        runner = load_model(config).runner
     assert runner.info["providers"] == ["CPUExecutionProvider"]
     assert runner.info["intra_op_threads"] == 1 and inference_workers(config, runner) == 4
     assert "CUDA provider did not start" in caplog.text
@@ -129,7 +138,7 @@ def test_runner_with_several_sessions_answers_concurrent_callers_alike(tiny_mode
     from concurrent.futures import ThreadPoolExecutor
 
     runner = OnnxRunner(tiny_model_dir, intra_op_threads=1, sessions=2)
-    seqs = runner.encode(["a fine film", "dull and long", "I loved every minute of it"] * 4)
+    seqs = encoder_for(tiny_model_dir).encode(["a fine film", "dull and long", "I loved every minute of it"] * 4)
     expected = np.concatenate([runner.predict([s]) for s in seqs])
     with ThreadPoolExecutor(4) as pool:
         got = np.concatenate(list(pool.map(lambda s: runner.predict([s]), seqs)))
@@ -143,7 +152,7 @@ def test_default_workers_one_per_core_on_cpu_one_on_gpu(monkeypatch):
     from server.inference import inference_workers
     from server.config import ServerConfig
 
-    monkeypatch.setattr(runner_module, "physical_cores", lambda: 4)
+    monkeypatch.setattr(layout_module, "physical_cores", lambda: 4)
     cpu = SimpleNamespace(info={"providers": ["CPUExecutionProvider"]})
     gpu = SimpleNamespace(info={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
     assert inference_workers(ServerConfig(), cpu) == 4
@@ -199,7 +208,7 @@ def test_shape_buckets_pad_batches_to_few_shapes_with_the_same_answers(tiny_fp32
     assert plain.shape_bucket == 1 and plain.info["shape_bucket"] == 1  # CPU default: off
     bucketed = OnnxRunner(tiny_fp32_model_dir, intra_op_threads=1, shape_bucket=16, max_batch_size=8)
     bucketed.session = recorder = ShapeRecorder(bucketed.session)
-    seqs = plain.encode([text for text, _ in reviews[:5]])
+    seqs = encoder_for(tiny_fp32_model_dir).encode([text for text, _ in reviews[:5]])
     assert max(len(s) for s in seqs) < 64 and len({len(s) for s in seqs}) > 1
     probs = bucketed.predict(seqs)
     assert probs.shape == (5, 2)

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from server.tokenization import TextEncoder, TruncationConfig
+from core.tokenization import TextEncoder, TruncationConfig
 from trainer.eda import default_tokenizer, main
 
 

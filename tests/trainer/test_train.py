@@ -44,7 +44,7 @@ def _load_tiny(path: Path):
 
 
 def _encoded_batch(reviews, tiny_checkpoint):
-    from server.tokenization import TextEncoder, TruncationConfig
+    from core.tokenization import TextEncoder, TruncationConfig
 
     enc = TextEncoder.from_file(tiny_checkpoint / "tokenizer.json", TruncationConfig(max_length=64))
     seqs = enc.encode_batch([t for t, _ in reviews])

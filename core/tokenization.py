@@ -8,7 +8,6 @@ import it without torch or transformers.
 from __future__ import annotations
 
 import html
-import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,6 +68,15 @@ class TruncationConfig:
         )
 
 
+@dataclass(frozen=True)
+class SpecialIds:
+    """The ids a model's batches are framed and padded with."""
+
+    cls_id: int
+    sep_id: int
+    pad_id: int
+
+
 class TextEncoder:
     """Cleans, tokenizes and truncates reviews to id arrays of varying length.
 
@@ -84,6 +92,10 @@ class TextEncoder:
         self.cls_id = self._special_id("[CLS]", "<s>")
         self.sep_id = self._special_id("[SEP]", "</s>")
         self.pad_id = self._special_id("[PAD]", "<pad>")
+
+    @property
+    def specials(self) -> SpecialIds:
+        return SpecialIds(self.cls_id, self.sep_id, self.pad_id)
 
     @classmethod
     def from_file(cls, path: str | Path, truncation: TruncationConfig) -> "TextEncoder":
@@ -149,9 +161,3 @@ def pad_batch(seqs: Iterable[np.ndarray], pad_id: int, width_multiple: int = 1, 
         mask[row, : len(seq)] = 1
     ids[len(seqs):], mask[len(seqs):] = ids[0], mask[0]
     return ids, mask
-
-
-def read_serving_config(model_dir: str | Path) -> dict:
-    """The `serving` block of a model directory's config.json (labels are in id2label)."""
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    return config.get("serving", {})

@@ -1,0 +1,95 @@
+"""The model directory: what the exporter writes and the server reads, and its one reader.
+
+    model.onnx            the graph (int8 for cpu, fp16 for gpu)
+    tokenizer.json        the checkpoint's tokenizer, truncation recorded in it
+    config.json           the checkpoint's config: id2label, plus a `serving` block (truncation,
+                          quantization, target, name, version)
+    export_report.json    optional: parity figures, versions, hashes
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.tokenization import TextEncoder, TruncationConfig
+
+MODEL_FILES = ("model.onnx", "tokenizer.json", "config.json")  # what the server needs
+REPORT_FILE = "export_report.json"
+EXPORTED_FILES = (*MODEL_FILES, REPORT_FILE)  # what the exporter writes, nothing else
+# No truncation mode: encode everything, then let the caller refuse texts over max_length.
+NO_LIMIT = 1 << 30
+
+
+class ModelDirError(Exception):
+    """The model directory is missing or malformed (one-line message)."""
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A checked model directory: its config.json, its export report and what they say."""
+
+    path: Path
+    config: dict[str, Any]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def serving(self) -> dict[str, Any]:
+        serving = self.config.get("serving", {})
+        return serving if isinstance(serving, dict) else {}
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        id2label = {int(k): str(v) for k, v in self.config["id2label"].items()}
+        return tuple(id2label[i] for i in sorted(id2label))
+
+    @property
+    def truncation(self) -> TruncationConfig:
+        return TruncationConfig.from_dict(self.serving.get("truncation", {}))
+
+    @property
+    def graph(self) -> Path:
+        return self.path / "model.onnx"
+
+    def encoder(self, truncate: bool = True) -> TextEncoder:
+        """The serving tokenizer. `truncate=False` encodes whole texts (the caller refuses the
+        ones over `truncation.max_length`)."""
+        truncation = self.truncation if truncate else TruncationConfig(max_length=NO_LIMIT)
+        try:
+            return TextEncoder.from_file(self.path / "tokenizer.json", truncation)
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises its own Exception types
+            raise ModelDirError(f"{self.path / 'tokenizer.json'}: cannot load tokenizer ({exc})") from None
+
+    def parity_summary(self) -> dict[str, Any]:
+        return parity_summary(self.report)
+
+
+def read_model_dir(model_dir: str | Path) -> ModelDir:
+    """The one reader of a model directory, with one-line errors for a broken one."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelDirError(f"model directory {path} does not exist")
+    missing = [name for name in MODEL_FILES if not (path / name).is_file()]
+    if missing:
+        raise ModelDirError(f"model directory {path} lacks {', '.join(missing)}")
+    try:
+        config = json.loads((path / "config.json").read_text())
+        report_path = path / REPORT_FILE
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"model directory {path}: unreadable json ({exc})") from None
+    if not isinstance(config, dict) or "id2label" not in config:
+        raise ModelDirError(f"{path / 'config.json'} has no id2label")
+    return ModelDir(path, config, report if isinstance(report, dict) else {})
+
+
+def read_serving_config(model_dir: str | Path) -> dict[str, Any]:
+    """The `serving` block of a model directory's config.json (labels are in id2label)."""
+    return read_model_dir(model_dir).serving
+
+
+def parity_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The scalar parity figures of export_report.json (agreement, accuracies, max prob diff...)."""
+    parity = report.get("parity", {})
+    return {k: v for k, v in parity.items() if isinstance(v, (int, float, str, bool))}

@@ -1,0 +1,45 @@
+"""The served model: an encoder (texts -> ids) and a runner (ids -> probabilities), loaded
+together from one model directory with the machine's core layout applied."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from core.layout import cuda_wanted, thread_layout, uses_cuda
+from core.modeldir import read_model_dir
+from server.config import ServerConfig
+from server.encoder import Encoder, ModelEncoder
+from server.runner import OnnxRunner, Runner
+
+log = logging.getLogger("server.model")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    encoder: Encoder
+    runner: Runner
+
+
+def load_model(config: ServerConfig) -> ServedModel:
+    """The model directory's encoder and runner, with the cores split among the inference workers.
+
+    The layout depends on the device, known for sure only once the session exists: where
+    the CUDA provider is present but fails to start, ONNX Runtime falls back to the CPU, and
+    the GPU's layout (one worker with every core) would meet the CPU's worker count. So a
+    session that fell back is built again with the CPU's layout.
+    """
+    model = read_model_dir(config.model_dir)
+    encoder = ModelEncoder(model, config.truncate)
+
+    def build(gpu: bool) -> OnnxRunner:
+        workers, intra = thread_layout(config.inference_workers, config.intra_op_threads, gpu)
+        return OnnxRunner(model, intra, config.inter_op_threads, sessions=workers if intra > 1 else 1,
+                          shape_bucket=config.shape_bucket, max_batch_size=config.max_batch_size,
+                          specials=encoder.specials, gpu=gpu)
+
+    gpu = cuda_wanted(model.serving)
+    runner = build(gpu)
+    if gpu and not uses_cuda(runner.info.get("providers", ())):
+        log.warning("model exported for a GPU, but ONNX Runtime's CUDA provider did not start: serving on CPU")
+        runner = build(gpu=False)
+    return ServedModel(encoder, runner)
