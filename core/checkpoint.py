@@ -1,6 +1,7 @@
 """The trainer's checkpoint directory as the other packages read it, and the one validated
 reader of its `training_config.yaml` (the exporter, the accuracy scorer and the PyTorch
 baseline all need the same truncation the model was trained with)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

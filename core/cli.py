@@ -7,14 +7,16 @@ makes it an argument instead of a flag); a bool is
 the variable `<PREFIX><FIELD>` (command line, then environment, then the default). A bad flag or
 value exits 2 with one line naming the problem, never usage plus a trace.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, Field, fields, is_dataclass
-from typing import Any, Mapping, NoReturn, Sequence, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 _TRUE = ("1", "true", "yes", "on")
@@ -78,8 +80,14 @@ def _default(f: Field[Any]) -> Any:
     return MISSING
 
 
-def add_fields(parser: argparse.ArgumentParser, config_cls: type, *, env_prefix: str = "",
-               env: Mapping[str, str] | None = None, skip: Sequence[str] = ()) -> None:
+def add_fields(
+    parser: argparse.ArgumentParser,
+    config_cls: type,
+    *,
+    env_prefix: str = "",
+    env: Mapping[str, str] | None = None,
+    skip: Sequence[str] = (),
+) -> None:
     """Add one flag per field of the dataclass `config_cls` (but those in `skip`)."""
     if not is_dataclass(config_cls):
         raise TypeError(f"{config_cls!r} is not a dataclass")
@@ -120,8 +128,15 @@ def add_fields(parser: argparse.ArgumentParser, config_cls: type, *, env_prefix:
         parser.add_argument(flag(f.name), **kwargs)
 
 
-def build_parser(config_cls: type, *, prog: str, description: str | None = None, env_prefix: str = "",
-                 env: Mapping[str, str] | None = None, name_errors: bool = False) -> OneLineParser:
+def build_parser(
+    config_cls: type,
+    *,
+    prog: str,
+    description: str | None = None,
+    env_prefix: str = "",
+    env: Mapping[str, str] | None = None,
+    name_errors: bool = False,
+) -> OneLineParser:
     """A parser with one flag per field of `config_cls` (its docstring's first line as description)."""
     if description is None:
         description = (config_cls.__doc__ or "").strip().splitlines()[0] if config_cls.__doc__ else ""
@@ -130,8 +145,9 @@ def build_parser(config_cls: type, *, prog: str, description: str | None = None,
     return parser
 
 
-def from_namespace(parser: argparse.ArgumentParser, config_cls: type[T], namespace: argparse.Namespace,
-                   **extra: Any) -> T:
+def from_namespace(
+    parser: argparse.ArgumentParser, config_cls: type[T], namespace: argparse.Namespace, **extra: Any
+) -> T:
     """`config_cls(**namespace)`; a value its checks refuse (ValueError) exits 2 with one line."""
     names = {f.name for f in fields(config_cls)}  # type: ignore[arg-type]
     values = {k: v for k, v in vars(namespace).items() if k in names}
@@ -141,11 +157,20 @@ def from_namespace(parser: argparse.ArgumentParser, config_cls: type[T], namespa
         parser.error(str(exc))
 
 
-def parse_settings(config_cls: type[T], argv: Sequence[str] | None, *, prog: str, description: str | None = None,
-                   env_prefix: str = "", env: Mapping[str, str] | None = None, name_errors: bool = False) -> T:
+def parse_settings(
+    config_cls: type[T],
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str | None = None,
+    env_prefix: str = "",
+    env: Mapping[str, str] | None = None,
+    name_errors: bool = False,
+) -> T:
     """Parse argv (and the environment, with `env_prefix`) into `config_cls`."""
-    parser = build_parser(config_cls, prog=prog, description=description, env_prefix=env_prefix, env=env,
-                          name_errors=name_errors)
+    parser = build_parser(
+        config_cls, prog=prog, description=description, env_prefix=env_prefix, env=env, name_errors=name_errors
+    )
     return from_namespace(parser, config_cls, parser.parse_args(argv))
 
 
@@ -155,5 +180,15 @@ def fail(prog: str, message: str, code: int = 2) -> int:
     return code
 
 
-__all__ = ["OneLineParser", "add_fields", "build_parser", "env_name", "fail", "flag", "from_namespace",
-           "opt", "parse_bool", "parse_settings"]
+__all__ = [
+    "OneLineParser",
+    "add_fields",
+    "build_parser",
+    "env_name",
+    "fail",
+    "flag",
+    "from_namespace",
+    "opt",
+    "parse_bool",
+    "parse_settings",
+]

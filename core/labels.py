@@ -1,5 +1,6 @@
 """The two classes, in the order of the model's logits. One owner: the trainer writes them into
 the checkpoint's config.json (id2label), the exporter copies that file, the server reads it back."""
+
 from __future__ import annotations
 
 LABELS: tuple[str, ...] = ("negative", "positive")

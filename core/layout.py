@@ -4,11 +4,13 @@ of cores among inference workers, and whether a model directory's graph runs on 
 The server sizes its thread pools with these, and the benchmarks record the same figures beside
 their numbers, so both must read the machine the same way.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from core.modeldir import read_model_dir
 

@@ -1,11 +1,12 @@
 """The model directory: what the exporter writes and the server reads, and its one reader.
 
-    model.onnx            the graph (int8 for cpu, fp16 for gpu)
-    tokenizer.json        the checkpoint's tokenizer, truncation recorded in it
-    config.json           the checkpoint's config: id2label, plus a `serving` block (truncation,
-                          quantization, target, name, version)
-    export_report.json    optional: parity figures, versions, hashes
+model.onnx            the graph (int8 for cpu, fp16 for gpu)
+tokenizer.json        the checkpoint's tokenizer, truncation recorded in it
+config.json           the checkpoint's config: id2label, plus a `serving` block (truncation,
+                      quantization, target, name, version)
+export_report.json    optional: parity figures, versions, hashes
 """
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,7 @@ class ModelDir:
         truncation = self.truncation if truncate else TruncationConfig(max_length=NO_LIMIT)
         try:
             return TextEncoder.from_file(self.path / "tokenizer.json", truncation)
-        except Exception as exc:  # noqa: BLE001 - tokenizers raises its own Exception types
+        except Exception as exc:
             raise ModelDirError(f"{self.path / 'tokenizer.json'}: cannot load tokenizer ({exc})") from None
 
     def parity_summary(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """Logits to probabilities, one implementation for the exporter's parity check and the server."""
+
 from __future__ import annotations
 
 import numpy as np

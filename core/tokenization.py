@@ -5,13 +5,14 @@ differently from the trainer, the model would be served inputs it never saw.
 It depends only on the Rust `tokenizers` library and numpy, so the server can
 import it without torch or transformers.
 """
+
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -46,21 +47,17 @@ class TruncationConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in TRUNCATION_STRATEGIES:
-            raise ValueError(
-                f"truncation must be one of {TRUNCATION_STRATEGIES}, got {self.strategy!r}"
-            )
+            raise ValueError(f"truncation must be one of {TRUNCATION_STRATEGIES}, got {self.strategy!r}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
         if self.strategy == "head+tail" and not 0 < self.head_tokens < self.max_length - 2:
-            raise ValueError(
-                f"head_tokens must be in (0, max_length - 2), got {self.head_tokens}"
-            )
+            raise ValueError(f"head_tokens must be in (0, max_length - 2), got {self.head_tokens}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TruncationConfig":
+    def from_dict(cls, data: dict) -> TruncationConfig:
         return cls(
             max_length=int(data.get("max_length", cls.max_length)),
             strategy=str(data.get("strategy", data.get("truncation", cls.strategy))),
@@ -98,7 +95,7 @@ class TextEncoder:
         return SpecialIds(self.cls_id, self.sep_id, self.pad_id)
 
     @classmethod
-    def from_file(cls, path: str | Path, truncation: TruncationConfig) -> "TextEncoder":
+    def from_file(cls, path: str | Path, truncation: TruncationConfig) -> TextEncoder:
         return cls(Tokenizer.from_file(str(path)), truncation)
 
     def _special_id(self, *names: str) -> int:
@@ -120,7 +117,7 @@ class TextEncoder:
         if len(body) > budget:
             if self.truncation.strategy == "head+tail":
                 head = self.truncation.head_tokens
-                body = body[:head] + body[len(body) - (budget - head):]
+                body = body[:head] + body[len(body) - (budget - head) :]
             else:
                 body = body[:budget]
         out = np.empty(len(body) + 2, dtype=np.int64)
@@ -140,8 +137,9 @@ class TextEncoder:
         tok.save(str(path))
 
 
-def pad_batch(seqs: Iterable[np.ndarray], pad_id: int, width_multiple: int = 1, rows: int = 0,
-              max_width: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(
+    seqs: Iterable[np.ndarray], pad_id: int, width_multiple: int = 1, rows: int = 0, max_width: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Pad to the longest sequence of this batch (not max_length): review lengths vary
     tenfold, so padding every batch to max_length wastes most of the work.
 
@@ -159,5 +157,5 @@ def pad_batch(seqs: Iterable[np.ndarray], pad_id: int, width_multiple: int = 1, 
     for row, seq in enumerate(seqs):
         ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
-    ids[len(seqs):], mask[len(seqs):] = ids[0], mask[0]
+    ids[len(seqs) :], mask[len(seqs) :] = ids[0], mask[0]
     return ids, mask

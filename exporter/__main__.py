@@ -5,6 +5,7 @@ arguments or a missing/broken checkpoint. Every failure is one line on stderr, a
 the output directory is either the previous one or the complete new one: the model
 is built in a hidden sibling directory and renamed into place only after the gate.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,8 +95,9 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
     from exporter import compare, parity, report
 
     model_path = stage / "model.onnx"
-    log.info("exporting %s (%s, quantize %s, optimize %s)", ckpt.path, cfg.target,
-             cfg.resolved_quantization, cfg.optimize)
+    log.info(
+        "exporting %s (%s, quantize %s, optimize %s)", ckpt.path, cfg.target, cfg.resolved_quantization, cfg.optimize
+    )
     steps, isa = build_graph(cfg, ckpt, work, model_path)
 
     encoder = ckpt.encoder()
@@ -110,8 +112,11 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
     parity_result["providers"] = session.get_providers()
     log.info("measuring latency (batch %s, seq %d)", compare.LATENCY_BATCH_SIZES, compare.LATENCY_SEQ_LEN)
     latency_result = compare.measure_latency(
-        session, cfg.latency_repeats, threads=cfg.threads,
-        vocab_size=int(ckpt.model.config.vocab_size), seed=cfg.seed,
+        session,
+        cfg.latency_repeats,
+        threads=cfg.threads,
+        vocab_size=int(ckpt.model.config.vocab_size),
+        seed=cfg.seed,
     )
 
     serving = report.serving_block(
@@ -128,10 +133,18 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
 
     sizes = {"model.onnx": model_path.stat().st_size, "fp32_export.onnx": (work / "fp32" / "model.onnx").stat().st_size}
     result = report.build_report(
-        checkpoint=ckpt.path, training_config=ckpt.training_config, config=cfg.to_dict(), isa=isa,
-        quantization=cfg.resolved_quantization, optimization=cfg.optimize,
-        graph=report.graph_facts(model_path), sizes=sizes, parity=parity_result,
-        latency=latency_result, serving=serving, steps=steps,
+        checkpoint=ckpt.path,
+        training_config=ckpt.training_config,
+        config=cfg.to_dict(),
+        isa=isa,
+        quantization=cfg.resolved_quantization,
+        optimization=cfg.optimize,
+        graph=report.graph_facts(model_path),
+        sizes=sizes,
+        parity=parity_result,
+        latency=latency_result,
+        serving=serving,
+        steps=steps,
     )
     (stage / "export_report.json").write_text(json.dumps(result, indent=2) + "\n")
     written = sorted(p.name for p in stage.iterdir())

@@ -8,14 +8,15 @@ directory) in length-sorted batches, through exporter/compare.py.
     python -m exporter.accuracy --checkpoint artifacts/checkpoint \
         --model-dir artifacts/model --model-dir artifacts/model-fp32 --data-dir data/imdb
 """
+
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -32,7 +33,9 @@ PROG = "python -m exporter.accuracy"
 class AccuracyConfig:
     """Accuracy of a checkpoint and its exported graphs on a whole split."""
 
-    checkpoint: Path | None = field(default=None, metadata=opt("trainer checkpoint scored with PyTorch fp32 on the CPU"))
+    checkpoint: Path | None = field(
+        default=None, metadata=opt("trainer checkpoint scored with PyTorch fp32 on the CPU")
+    )
     model_dir: list[Path] = field(default_factory=list, metadata=opt("exported model dir (repeatable)"))
     data_dir: Path = field(default=Path("data/imdb"), metadata=opt("directory with <split>.parquet"))
     split: str = field(default="test", metadata=opt("split to score"))
@@ -43,23 +46,29 @@ class AccuracyConfig:
 
 def checkpoint_scorer(checkpoint: Path, texts: list[str], batch_size: int) -> Callable[[], np.ndarray]:
     """PyTorch fp32 on the CPU, fed the ids the server would make (the checkpoint's truncation)."""
+
     def score() -> np.ndarray:
         from exporter.export import load_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
         model = ckpt.model.float()
-        return batched_probs({"pytorch": lambda ids, mask: torch_probs(model, ids, mask)},
-                             ckpt.encoder(), texts, batch_size)["pytorch"]
+        return batched_probs(
+            {"pytorch": lambda ids, mask: torch_probs(model, ids, mask)}, ckpt.encoder(), texts, batch_size
+        )["pytorch"]
+
     return score
 
 
 def model_dir_scorer(model_dir: Path, texts: list[str], batch_size: int) -> Callable[[], np.ndarray]:
     """A model directory's graph, fed its own serving tokenizer's ids."""
+
     def score() -> np.ndarray:
         model = read_model_dir(model_dir)
         session = open_session(model.graph, str(model.serving.get("target", "cpu")))
-        return batched_probs({"onnx": lambda ids, mask: onnx_probs(session, ids, mask)},
-                             model.encoder(), texts, batch_size)["onnx"]
+        return batched_probs(
+            {"onnx": lambda ids, mask: onnx_probs(session, ids, mask)}, model.encoder(), texts, batch_size
+        )["onnx"]
+
     return score
 
 
@@ -89,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         except (CheckpointError, ModelDirError) as exc:
             return cli.fail("", str(exc))
         predicted = probs.argmax(-1)
-        row = {"engine": name, "samples": int(len(labels)),
-               "accuracy": float((predicted == labels).mean()), "seconds": round(time.perf_counter() - start, 1)}
+        row = {
+            "engine": name,
+            "samples": len(labels),
+            "accuracy": float((predicted == labels).mean()),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         if reference is not None:
             row["agreement_with_first"] = float((predicted == reference.argmax(-1)).mean())
         else:

@@ -16,6 +16,7 @@ runs. On a shared 2-core machine PyTorch's OpenMP threads suffer most from other
 (batch-1 times varied 86-633 ms between consecutive calls here): read its batch-1 number
 with the load average printed beside it.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.config import parse_config
+from core.tokenization import pad_batch
 from exporter.compare import batched_probs, onnx_feed, onnx_probs, open_session, torch_probs
+from exporter.config import parse_config
 
 MODELS = ("minilm", "distilbert", "checkpoint")
 # name -> (optimize level, per_channel, quantize embeddings); None = fp32 graph
@@ -77,7 +79,7 @@ def _features(model, name: str, encoder, texts: list[str]) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for start in range(0, len(texts), 32):
-            ids, mask = pad_batch(encoder.encode_batch(texts[start:start + 32]), encoder.pad_id)
+            ids, mask = pad_batch(encoder.encode_batch(texts[start : start + 32]), encoder.pad_id)
             ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
             if name == "minilm":
                 out.append(model.bert(input_ids=ids, attention_mask=mask).pooler_output.numpy())
@@ -91,8 +93,12 @@ def build_checkpoint(name: str, path: Path, cfg: BenchmarkConfig, splits) -> Pat
     import torch
     import yaml
     from sklearn.linear_model import LogisticRegression
-    from transformers import AutoTokenizer, BertForSequenceClassification, DistilBertConfig
-    from transformers import DistilBertForSequenceClassification
+    from transformers import (
+        AutoTokenizer,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
 
     from core.tokenization import TextEncoder, TruncationConfig
 
@@ -105,8 +111,12 @@ def build_checkpoint(name: str, path: Path, cfg: BenchmarkConfig, splits) -> Pat
     else:
         model = DistilBertForSequenceClassification(DistilBertConfig(num_labels=2, **labels))
     model.eval()
-    training = {"base_model": f"benchmark-{name}", "max_length": cfg.max_length, "truncation": "head",
-                "head_tokens": cfg.max_length // 2}
+    training = {
+        "base_model": f"benchmark-{name}",
+        "max_length": cfg.max_length,
+        "truncation": "head",
+        "head_tokens": cfg.max_length // 2,
+    }
     if splits is not None:
         train = splits.train.sample(n=min(cfg.head_samples, len(splits.train)), random_state=cfg.seed)
         encoder = TextEncoder.from_file(_packaged_dir() / "tokenizer.json", TruncationConfig.from_dict(training))
@@ -166,14 +176,15 @@ def latency(model, sessions: dict, cfg: BenchmarkConfig, vocab_size: int) -> dic
                 if session is None:
                     t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
 
-                    def run():
+                    def run(t_ids=t_ids, t_mask=t_mask):
                         with torch.inference_mode():
                             model(input_ids=t_ids, attention_mask=t_mask)
                 else:
                     feed = onnx_feed(session, ids, mask)
 
-                    def run():
+                    def run(session=session, feed=feed):
                         session.run(None, feed)
+
                 samples: list[float] = []
                 for _ in range(calls[b]):
                     _time(run, samples)
@@ -184,7 +195,9 @@ def latency(model, sessions: dict, cfg: BenchmarkConfig, vocab_size: int) -> dic
 
 def agreement(model, sessions: dict, encoder, eval_texts, eval_labels) -> dict:
     engines = {"pytorch fp32 eager": lambda ids, mask: torch_probs(model, ids, mask)}
-    engines.update({name: (lambda ids, mask, s=session: onnx_probs(s, ids, mask)) for name, session in sessions.items()})
+    engines.update(
+        {name: (lambda ids, mask, s=session: onnx_probs(s, ids, mask)) for name, session in sessions.items()}
+    )
     probs = batched_probs(engines, encoder, eval_texts, 16)
     ref = probs["pytorch fp32 eager"]
     labels = None if eval_labels is None else np.asarray(eval_labels)
@@ -220,26 +233,30 @@ def run_model(name: str, cfg: BenchmarkConfig, splits) -> dict:
     quality = agreement(ckpt.model, sessions, ckpt.encoder(), texts, labels)
     per_sample = latency(ckpt.model, sessions, cfg, int(ckpt.model.config.vocab_size))
     sizes = {n: p.stat().st_size for n, p in paths.items()}
-    sizes["pytorch fp32 eager"] = sum(
-        f.stat().st_size for f in ckpt.path.glob("model.safetensors"))
+    sizes["pytorch fp32 eager"] = sum(f.stat().st_size for f in ckpt.path.glob("model.safetensors"))
     return {
-        "checkpoint": str(ckpt.path), "params": sum(p.numel() for p in ckpt.model.parameters()),
-        "torch_threads": torch.get_num_threads(), "eval_samples": len(texts),
-        "engines": {e: {"per_sample_ms": per_sample[e], "size_bytes": sizes.get(e), **quality[e]}
-                    for e in per_sample},
+        "checkpoint": str(ckpt.path),
+        "params": sum(p.numel() for p in ckpt.model.parameters()),
+        "torch_threads": torch.get_num_threads(),
+        "eval_samples": len(texts),
+        "engines": {e: {"per_sample_ms": per_sample[e], "size_bytes": sizes.get(e), **quality[e]} for e in per_sample},
     }
 
 
 def print_table(results: dict) -> None:
-    print(f"{'model':10s} {'engine':30s} {'b1 ms':>8s} {'b32 ms/s':>9s} {'x b1':>6s} {'x b32':>6s} "
-          f"{'MB':>6s} {'agree':>6s} {'acc':>6s} {'max|dp|':>8s}")
+    print(
+        f"{'model':10s} {'engine':30s} {'b1 ms':>8s} {'b32 ms/s':>9s} {'x b1':>6s} {'x b32':>6s} "
+        f"{'MB':>6s} {'agree':>6s} {'acc':>6s} {'max|dp|':>8s}"
+    )
     for model, res in results["models"].items():
         base = res["engines"]["pytorch fp32 eager"]["per_sample_ms"]
         for engine, r in res["engines"].items():
             acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
-            print(f"{model:10s} {engine:30s} {r['per_sample_ms']['1']:8.2f} {r['per_sample_ms']['32']:9.2f} "
-                  f"{base['1'] / r['per_sample_ms']['1']:6.2f} {base['32'] / r['per_sample_ms']['32']:6.2f} "
-                  f"{(r['size_bytes'] or 0) / 1e6:6.1f} {r['agreement']:6.3f} {acc:>6s} {r['max_abs_prob_diff']:8.4f}")
+            print(
+                f"{model:10s} {engine:30s} {r['per_sample_ms']['1']:8.2f} {r['per_sample_ms']['32']:9.2f} "
+                f"{base['1'] / r['per_sample_ms']['1']:6.2f} {base['32'] / r['per_sample_ms']['32']:6.2f} "
+                f"{(r['size_bytes'] or 0) / 1e6:6.1f} {r['agreement']:6.3f} {acc:>6s} {r['max_abs_prob_diff']:8.4f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(argv, BenchmarkConfig, prog="exporter.benchmark")
     except SystemExit as exc:
         return int(exc.code or 0)
-    unknown = [m for m in cfg.models.split(",") if m not in MODELS] + \
-              [v for v in cfg.variants.split(",") if v and v not in VARIANTS]
+    unknown = [m for m in cfg.models.split(",") if m not in MODELS] + [
+        v for v in cfg.variants.split(",") if v and v not in VARIANTS
+    ]
     if unknown:
         print(f"exporter.benchmark: error: unknown model/variant {unknown}", file=sys.stderr)
         return 2
@@ -264,8 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.data import load_splits
 
         splits = load_splits(cfg.data_dir)
-    results = {"config": {k: str(v) for k, v in vars(cfg).items()}, "cpu_count": os.cpu_count(),
-               "load_average_start": os.getloadavg(), "models": {}}
+    results = {
+        "config": {k: str(v) for k, v in vars(cfg).items()},
+        "cpu_count": os.cpu_count(),
+        "load_average_start": os.getloadavg(),
+        "models": {},
+    }
     for name in cfg.models.split(","):
         print(f"exporter.benchmark: {name}", file=sys.stderr, flush=True)
         results["models"][name] = run_model(name, cfg, splits)
@@ -273,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg.output.parent.mkdir(parents=True, exist_ok=True)
     cfg.output.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
-    print(f"load average start {results['load_average_start']} end {results['load_average_end']}; "
-          f"per-sample ms (b32 = batch time / 32); x = speed-up vs PyTorch eager; results in {cfg.output}")
+    print(
+        f"load average start {results['load_average_start']} end {results['load_average_end']}; "
+        f"per-sample ms (b32 = batch time / 32); x = speed-up vs PyTorch eager; results in {cfg.output}"
+    )
     return 0
 
 

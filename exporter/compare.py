@@ -6,13 +6,15 @@ functions. Every engine is fed the ids the server makes (core.tokenization's Tex
 pad_batch per length-sorted batch), so a difference between them is the graph's, not the
 tokenizer's.
 """
+
 from __future__ import annotations
 
 import os
 import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,8 +59,9 @@ def torch_probs(model: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     device = next(model.parameters()).device
     with torch.inference_mode():
-        logits = model(input_ids=torch.from_numpy(ids).to(device),
-                       attention_mask=torch.from_numpy(mask).to(device)).logits
+        logits = model(
+            input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device)
+        ).logits
     return softmax(logits.float().cpu().numpy())
 
 
@@ -67,15 +70,16 @@ def onnx_probs(session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=np.float32))
 
 
-def batched_probs(engines: Mapping[str, Engine], encoder: TextEncoder, texts: Sequence[str],
-                  batch_size: int = 16) -> dict[str, np.ndarray]:
+def batched_probs(
+    engines: Mapping[str, Engine], encoder: TextEncoder, texts: Sequence[str], batch_size: int = 16
+) -> dict[str, np.ndarray]:
     """Each engine's probabilities [texts, labels] in input order, on the same length-sorted
     padded batches (as the server's batcher makes them: each batch pads little)."""
     seqs = encoder.encode_batch(texts)
     order = np.argsort([len(s) for s in seqs], kind="stable")
     out: dict[str, np.ndarray] = {}
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         ids, mask = pad_batch([seqs[i] for i in idx], encoder.pad_id)
         for name, engine in engines.items():
             probs = engine(ids, mask)
@@ -85,9 +89,15 @@ def batched_probs(engines: Mapping[str, Engine], encoder: TextEncoder, texts: Se
     return out
 
 
-def measure_latency(session: Any, repeats: int = 10, batch_sizes: Sequence[int] = LATENCY_BATCH_SIZES,
-                    seq_len: int = LATENCY_SEQ_LEN, threads: int = 0, vocab_size: int = 30522,
-                    seed: int = 0) -> dict[str, Any]:
+def measure_latency(
+    session: Any,
+    repeats: int = 10,
+    batch_sizes: Sequence[int] = LATENCY_BATCH_SIZES,
+    seq_len: int = LATENCY_SEQ_LEN,
+    threads: int = 0,
+    vocab_size: int = 30522,
+    seed: int = 0,
+) -> dict[str, Any]:
     """ONNX Runtime on the exporting machine: median and per-sample milliseconds for full
     (unpadded) batches of `seq_len` tokens."""
     rng = np.random.default_rng(seed)

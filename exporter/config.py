@@ -3,6 +3,7 @@
 Each field is one `--flag` (underscores become dashes), so a setting has one name in
 code, on the command line and in export_report.json.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -64,8 +65,10 @@ class ExportConfig:
     model_version: str | None = field(default=None, metadata=opt("serving version; default a hash of model.onnx"))
     seed: int = field(default=0, metadata=opt("seed for sampling parity reviews"))
     log_level: str = field(
-        default="info", metadata=opt("progress on stderr; debug adds the trace of a failed export",
-                                      choices=("debug", "info", "warning"))
+        default="info",
+        metadata=opt(
+            "progress on stderr; debug adds the trace of a failed export", choices=("debug", "info", "warning")
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -92,8 +95,11 @@ class ExportConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-def build_parser(config_cls: type | None = None, prog: str = "exporter",
-                 description: str = "Checkpoint -> verified ONNX model directory.") -> cli.OneLineParser:
+def build_parser(
+    config_cls: type | None = None,
+    prog: str = "exporter",
+    description: str = "Checkpoint -> verified ONNX model directory.",
+) -> cli.OneLineParser:
     """One `--flag` per field of the frozen dataclass `config_cls` (default ExportConfig)."""
     return cli.build_parser(config_cls or ExportConfig, prog=prog, description=description, name_errors=True)
 

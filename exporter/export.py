@@ -1,4 +1,5 @@
 """Checkpoint loading and the plain fp32 ONNX export (optimum, dynamic batch and sequence)."""
+
 from __future__ import annotations
 
 import json

@@ -15,6 +15,7 @@ QAttention and EmbedLayerNormalization into QEmbedLayerNormalization. The revers
 MatMulInteger. Extended, provider-specific rewrites are left to the serving session
 (ORT_ENABLE_ALL), which applies them for the hardware it actually runs on.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -23,8 +24,16 @@ from pathlib import Path
 from exporter import quantize
 
 # optimum maps these architectures onto ORT's BERT fusion patterns
-MODEL_TYPES = {"bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert",
-               "camembert": "bert", "electra": "bert", "albert": "bert", "deberta-v2": "bert"}
+MODEL_TYPES = {
+    "bert": "bert",
+    "distilbert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "camembert": "bert",
+    "electra": "bert",
+    "albert": "bert",
+    "deberta-v2": "bert",
+}
 
 
 def fuse(src: Path, dst: Path, model_type: str, level: str, use_gpu: bool = False) -> dict:
@@ -42,12 +51,21 @@ def fuse(src: Path, dst: Path, model_type: str, level: str, use_gpu: bool = Fals
         return {}
     ort_type = MODEL_TYPES.get(model_type)
     if ort_type is None:
-        raise ValueError(f"--optimize {level}: no fusion patterns for model_type {model_type!r}; use --optimize O1 or none")
+        raise ValueError(
+            f"--optimize {level}: no fusion patterns for model_type {model_type!r}; use --optimize O1 or none"
+        )
     options = FusionOptions(ort_type)
     options.enable_gelu_approximation = level == "O3"
     # num_heads/hidden_size 0: detected from the graph, so any BERT-like shape works
-    model = optimize_model(str(src), model_type=ort_type, num_heads=0, hidden_size=0,
-                           optimization_options=options, opt_level=0, use_gpu=use_gpu)
+    model = optimize_model(
+        str(src),
+        model_type=ort_type,
+        num_heads=0,
+        hidden_size=0,
+        optimization_options=options,
+        opt_level=0,
+        use_gpu=use_gpu,
+    )
     model.save_model_to_file(str(dst))
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
 
@@ -62,8 +80,9 @@ def infer_shapes(src: Path, dst: Path) -> Path:
     return Path(dst)
 
 
-def optimize_then_quantize(src: Path, dst: Path, model_type: str, level: str, isa: str,
-                           per_channel: bool, quantize_embeddings: bool = True) -> list[str]:
+def optimize_then_quantize(
+    src: Path, dst: Path, model_type: str, level: str, isa: str, per_channel: bool, quantize_embeddings: bool = True
+) -> list[str]:
     """fp32 export -> fusions -> shape inference -> dynamic int8. Returns the steps taken."""
     src = Path(src)
     steps = []
@@ -75,6 +94,8 @@ def optimize_then_quantize(src: Path, dst: Path, model_type: str, level: str, is
         steps.append("symbolic shape inference")
     exclude_ops = () if quantize_embeddings else ("Gather", "EmbedLayerNormalization")
     quantize.quantize_int8(fused, Path(dst), isa, per_channel, exclude_ops=exclude_ops)
-    steps.append(f"dynamic int8 ({isa} preset, per_channel={per_channel}, "
-                 f"embeddings {'int8' if quantize_embeddings else 'fp32'})")
+    steps.append(
+        f"dynamic int8 ({isa} preset, per_channel={per_channel}, "
+        f"embeddings {'int8' if quantize_embeddings else 'fp32'})"
+    )
     return steps

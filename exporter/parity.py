@@ -4,6 +4,7 @@ Both models receive the same ids: TextEncoder (clean, tokenize, truncate as in
 training) then pad_batch, exactly what the server does. Any difference in
 labels is therefore the graph's, not the tokenizer's.
 """
+
 from __future__ import annotations
 
 import random
@@ -30,8 +31,9 @@ class EvalSet:
     source: str
 
 
-def load_eval_set(data_dir: Path | None, n: int, seed: int, vocab: list[str],
-                  training_config: dict | None = None) -> EvalSet:
+def load_eval_set(
+    data_dir: Path | None, n: int, seed: int, vocab: list[str], training_config: dict | None = None
+) -> EvalSet:
     """`n` labelled held-out reviews, or random text when no data is available.
 
     `training_config` (the checkpoint's) supplies the seed and validation fraction, so
@@ -81,9 +83,15 @@ def _random_text(n: int, seed: int, vocab: list[str]) -> EvalSet:
 
 def parity_report(model, session, encoder: TextEncoder, eval_set: EvalSet) -> dict:
     """Label agreement, accuracy of each side, max |prob diff| over all classes."""
-    probs = batched_probs({"pytorch": lambda ids, mask: torch_probs(model, ids, mask),
-                           "onnx": lambda ids, mask: onnx_probs(session, ids, mask)},
-                          encoder, eval_set.texts, BATCH)
+    probs = batched_probs(
+        {
+            "pytorch": lambda ids, mask: torch_probs(model, ids, mask),
+            "onnx": lambda ids, mask: onnx_probs(session, ids, mask),
+        },
+        encoder,
+        eval_set.texts,
+        BATCH,
+    )
     pt, ox = probs["pytorch"], probs["onnx"]
     pt_label, ox_label = pt.argmax(1), ox.argmax(1)
     report = {
@@ -108,9 +116,7 @@ def gate_failures(parity: dict, max_accuracy_drop: float, min_agreement: float) 
     """Reasons this export must not ship; empty when it passes."""
     reasons = []
     if parity["label_agreement"] < min_agreement:
-        reasons.append(
-            f"label agreement {parity['label_agreement']:.4f} < --min-agreement {min_agreement}"
-        )
+        reasons.append(f"label agreement {parity['label_agreement']:.4f} < --min-agreement {min_agreement}")
     drop = parity["accuracy_drop_points"]
     if drop is not None and drop > max_accuracy_drop:
         reasons.append(

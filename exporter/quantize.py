@@ -1,4 +1,5 @@
 """int8 dynamic quantization for the CPU target, fp16 conversion for the GPU target."""
+
 from __future__ import annotations
 
 import platform
@@ -32,8 +33,9 @@ def detect_isa(cpuinfo: str | None = None, machine: str | None = None) -> str:
     return "avx2"
 
 
-def quantization_config(isa: str, per_channel: bool, nodes_to_exclude: list[str] | None = None,
-                        exclude_ops: tuple[str, ...] = ()):
+def quantization_config(
+    isa: str, per_channel: bool, nodes_to_exclude: list[str] | None = None, exclude_ops: tuple[str, ...] = ()
+):
     from optimum.onnxruntime.configuration import (
         ORT_DEFAULT_OPS_DYNAMIC_QUANTIZATION,
         AutoQuantizationConfig,
@@ -46,12 +48,17 @@ def quantization_config(isa: str, per_channel: bool, nodes_to_exclude: list[str]
         "arm64": AutoQuantizationConfig.arm64,
     }[isa]
     ops = [op for op in ORT_DEFAULT_OPS_DYNAMIC_QUANTIZATION if op not in exclude_ops]
-    return preset(is_static=False, per_channel=per_channel, nodes_to_exclude=nodes_to_exclude or [],
-                  operators_to_quantize=ops)
+    return preset(
+        is_static=False, per_channel=per_channel, nodes_to_exclude=nodes_to_exclude or [], operators_to_quantize=ops
+    )
 
 
 def quantize_int8(
-    src: Path, dst: Path, isa: str, per_channel: bool = True, nodes_to_exclude: list[str] | None = None,
+    src: Path,
+    dst: Path,
+    isa: str,
+    per_channel: bool = True,
+    nodes_to_exclude: list[str] | None = None,
     exclude_ops: tuple[str, ...] = (),
 ) -> Path:
     """Dynamic int8 quantization of `src` (a plain, unfused fp32 graph) into `dst`.

@@ -1,4 +1,5 @@
 """export_report.json and the `serving` block of config.json."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,10 @@ def git_commit(directory: Path) -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(directory), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -58,8 +62,9 @@ def graph_facts(model_path: Path) -> dict:
     }
 
 
-def serving_block(truncation: dict, model_name: str, model_version: str, quantization: str,
-                  optimization: str, target: str) -> dict:
+def serving_block(
+    truncation: dict, model_name: str, model_version: str, quantization: str, optimization: str, target: str
+) -> dict:
     return {
         "truncation": truncation,
         "model_name": model_name,
@@ -70,9 +75,21 @@ def serving_block(truncation: dict, model_name: str, model_version: str, quantiz
     }
 
 
-def build_report(*, checkpoint: Path, training_config: dict, config: dict, isa: str | None,
-                 quantization: str, optimization: str, graph: dict, sizes: dict, parity: dict,
-                 latency: dict, serving: dict, steps: list[str]) -> dict:
+def build_report(
+    *,
+    checkpoint: Path,
+    training_config: dict,
+    config: dict,
+    isa: str | None,
+    quantization: str,
+    optimization: str,
+    graph: dict,
+    sizes: dict,
+    parity: dict,
+    latency: dict,
+    serving: dict,
+    steps: list[str],
+) -> dict:
     return {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source_checkpoint": str(Path(checkpoint).resolve()),

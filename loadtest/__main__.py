@@ -10,6 +10,7 @@ table, and ends with one line: PASS or FAIL with the figures.
 Exit status: 0 PASS, 1 FAIL (SLA broken), 2 the test could not run (bad flag, server
 unreachable, locust failed). User mix and think time: see loadtest/locustfile.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,12 +74,34 @@ def build_parser() -> argparse.ArgumentParser:
 def locust_command(config: LoadtestConfig, extra: list[str]) -> list[str]:
     prefix = Path(config.report_dir) / "locust"
     return [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "--host", config.host, "--users", str(config.users), "--spawn-rate", str(config.spawn_rate),
-        "--run-time", config.run_time, "--csv", str(prefix), "--html", str(prefix) + "_report.html",
-        "--only-summary", "--stop-timeout", "5", "--loglevel", "WARNING",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        config.host,
+        "--users",
+        str(config.users),
+        "--spawn-rate",
+        str(config.spawn_rate),
+        "--run-time",
+        config.run_time,
+        "--csv",
+        str(prefix),
+        "--html",
+        str(prefix) + "_report.html",
+        "--only-summary",
+        "--stop-timeout",
+        "5",
+        "--loglevel",
+        "WARNING",
         # The SLA decides the exit status, not "any request failed".
-        "--exit-code-on-error", "0", "--summary-json", str(prefix) + "_summary.json",
+        "--exit-code-on-error",
+        "0",
+        "--summary-json",
+        str(prefix) + "_summary.json",
         *extra,
     ]
 
@@ -106,13 +129,18 @@ def run(config: LoadtestConfig, extra: list[str]) -> int:
     log_path = report_dir / "locust.log"
     stats_path = report_dir / "locust_summary.json"
     stats_path.unlink(missing_ok=True)  # never judge a stale file from an earlier run
-    print(f"locust: {config.users} users (spawn {config.spawn_rate:g}/s) for {config.run_time} against {config.host}", flush=True)
+    print(
+        f"locust: {config.users} users (spawn {config.spawn_rate:g}/s) for {config.run_time} against {config.host}",
+        flush=True,
+    )
     with open(log_path, "w") as log:
         proc = subprocess.run(locust_command(config, extra), stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0 or not stats_path.is_file():
         tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        print(f"error: locust exited with status {proc.returncode}: {tail[0] if tail else 'no output'} (log: {log_path})",
-              file=sys.stderr)
+        print(
+            f"error: locust exited with status {proc.returncode}: {tail[0] if tail else 'no output'} (log: {log_path})",
+            file=sys.stderr,
+        )
         return 2
     rows, total = read_summary(stats_path)
     verdict = evaluate(total, config.sla())

@@ -25,6 +25,7 @@ lean keep-alive client, so it takes little of the CPUs the server needs), and it
 is measured per step (both sides can be pinned with --server-cpus / --client-cpus).
 Writes <output-dir>/BENCHMARKS.md and benchmarks.json; server logs go to --log-dir.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,40 +34,47 @@ import os
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-import itertools  # noqa: E402
-import random  # noqa: E402
-import shlex  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass, fields  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import asyncio
+import contextlib
+import itertools
+import random
+import shlex
+import signal
+import statistics
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from loadtest.bench_report import machine_info, write_report  # noqa: E402
-from loadtest.httpclient import LeanClient  # noqa: E402
-from loadtest.inprocess import InProcessServer  # noqa: E402
-from loadtest.overload import run_overload  # noqa: E402
-from loadtest.overload_report import write_overload_report  # noqa: E402
-from loadtest.openloop import (  # noqa: E402
-    SEARCH_START, capacity, closed_loop, closed_loop_throughput, next_rate, open_loop_step, payloads, run_step,
+from loadtest.bench_report import machine_info, write_report
+from loadtest.httpclient import LeanClient
+from loadtest.inprocess import InProcessServer
+from loadtest.openloop import (
+    SEARCH_START,
+    capacity,
+    closed_loop,
+    closed_loop_throughput,
+    next_rate,
+    open_loop_step,
+    payloads,
+    run_step,
     wait_for_quiet,
 )
-from loadtest.procs import ServedProcess, parse_cpus  # noqa: E402
-from loadtest.queueing import bound_fraction, searched_fractions  # noqa: E402
-from loadtest.texts import DEFAULT_DATA_DIR, load_texts  # noqa: E402
-from server.config import parse_config as parse_server_config  # noqa: E402
+from loadtest.overload import run_overload
+from loadtest.overload_report import write_overload_report
+from loadtest.procs import ServedProcess, parse_cpus
+from loadtest.queueing import bound_fraction, searched_fractions
+from loadtest.texts import DEFAULT_DATA_DIR, load_texts
+from server.config import parse_config as parse_server_config
 
 _HELP = {
     "model_dir": "exporter's model directory (served by configurations 1-3)",
     "checkpoint": "trainer checkpoint of the same model (served by the PyTorch baseline, 4; not needed with "
-                  "--overload or --skip torch)",
+    "--overload or --skip torch)",
     "texts": "reviews loaded and sent, the same for every configuration",
     "data_dir": "directory with test.parquet; generated look-alike reviews when absent",
     "max_batch_size": "server --max-batch-size for configuration 2 (0: the server's default)",
@@ -77,7 +85,7 @@ _HELP = {
     "duration_s": "seconds per open-loop step (longer at low rates: each step sends >= 40 requests)",
     "max_steps": "open-loop steps per configuration's rate search",
     "rounds": "rate searches of the server's default configuration (2), each on a fresh server between two runs "
-              "of the ceiling's configuration; its capacity and 2/1 are the medians over rounds",
+    "of the ceiling's configuration; its capacity and 2/1 are the medians over rounds",
     "probe_s": "seconds of the closed-loop probe that seeds each search",
     "ceiling_s": "seconds per batch size in the ceiling measurement",
     "probe_concurrency": "clients in the closed-loop probe",
@@ -95,12 +103,20 @@ _HELP = {
     "log_dir": "where the served processes' logs go",
     "seed": "seed for review order and arrival times",
     "overload": "run the overload benchmark instead (loadtest/overload.py): the server with its latency budget on "
-                "and off, at 0.8x, 1.5x, 2x and 5x of its capacity, then a recovery step at 0.5x",
+    "and off, at 0.8x, 1.5x, 2x and 5x of its capacity, then a recovery step at 0.5x",
     "overload_step_s": "seconds per overload step",
 }
 SKIPPABLE = ("in_process", "single_worker", "batch1", "torch")
-QUICK = {"texts": 96, "duration_s": 4.0, "max_steps": 3, "rounds": 1, "probe_s": 2.0, "ceiling_s": 2.0, "quiet_wait_s": 5.0,
-         "overload_step_s": 4.0}
+QUICK = {
+    "texts": 96,
+    "duration_s": 4.0,
+    "max_steps": 3,
+    "rounds": 1,
+    "probe_s": 2.0,
+    "ceiling_s": 2.0,
+    "quiet_wait_s": 5.0,
+    "overload_step_s": 4.0,
+}
 
 
 @dataclass(frozen=True)
@@ -199,16 +215,25 @@ def measure_ceiling(config: BenchConfig, texts: list[str], server_layout: tuple[
                 entry = _ceiling_run(config, model, texts, tokens, streams, size)
                 entry.update(threads=threads)
                 results.append(entry)
-                print(f"[ceiling] {streams} stream(s) x {threads} thread(s), batch {size}: "
-                      f"{entry['texts_per_s']:.1f} texts/s", flush=True)
+                print(
+                    f"[ceiling] {streams} stream(s) x {threads} thread(s), batch {size}: "
+                    f"{entry['texts_per_s']:.1f} texts/s",
+                    flush=True,
+                )
             del model
     best = max(results, key=lambda e: e["texts_per_s"])
     own = [e for e in results if (e["streams"], e["threads"]) == server_layout]
-    return {"texts_per_s": best["texts_per_s"], "sweep_best_texts_per_s": best["texts_per_s"],
-            "best_batch_size": best["batch_size"],
-            "best_layout": {"streams": best["streams"], "threads": best["threads"]},
-            "server_layout_texts_per_s": max(e["texts_per_s"] for e in own),
-            "mean_tokens": best["mean_tokens"], "measurements": results, "repeats": [], "runner": info}, tokens
+    return {
+        "texts_per_s": best["texts_per_s"],
+        "sweep_best_texts_per_s": best["texts_per_s"],
+        "best_batch_size": best["batch_size"],
+        "best_layout": {"streams": best["streams"], "threads": best["threads"]},
+        "server_layout_texts_per_s": max(e["texts_per_s"] for e in own),
+        "mean_tokens": best["mean_tokens"],
+        "measurements": results,
+        "repeats": [],
+        "runner": info,
+    }, tokens
 
 
 def repeat_ceiling(config: BenchConfig, texts: list[str], tokens: list[int], ceiling: dict, when: str) -> float:
@@ -228,8 +253,11 @@ def repeat_ceiling(config: BenchConfig, texts: list[str], tokens: list[int], cei
     ceiling["repeats"].append(entry)
     runs = [ceiling["sweep_best_texts_per_s"], *(e["texts_per_s"] for e in ceiling["repeats"])]
     ceiling["texts_per_s"] = statistics.median(runs)
-    print(f"[ceiling] {when}: {entry['texts_per_s']:.1f} texts/s; ceiling = median of "
-          f"{', '.join(f'{v:.1f}' for v in runs)} = {ceiling['texts_per_s']:.1f}", flush=True)
+    print(
+        f"[ceiling] {when}: {entry['texts_per_s']:.1f} texts/s; ceiling = median of "
+        f"{', '.join(f'{v:.1f}' for v in runs)} = {ceiling['texts_per_s']:.1f}",
+        flush=True,
+    )
     return entry["texts_per_s"]
 
 
@@ -238,8 +266,11 @@ def queueing_bound(ceiling: dict, tokens: list[int], p95_ms: float) -> dict:
     overhead) reaches under Poisson arrivals at p95 <= `p95_ms` (loadtest/queueing.py)."""
     streams = ceiling["best_layout"]["streams"]
     fraction = bound_fraction(tokens, ceiling["texts_per_s"], streams, p95_ms)
-    print(f"[ceiling] queueing bound: an ideal server with {streams} FIFO worker(s) meets p95 <= {p95_ms:g} ms "
-          f"up to {fraction:.1%} of the ceiling", flush=True)
+    print(
+        f"[ceiling] queueing bound: an ideal server with {streams} FIFO worker(s) meets p95 <= {p95_ms:g} ms "
+        f"up to {fraction:.1%} of the ceiling",
+        flush=True,
+    )
     return {"fraction": fraction, "workers": streams, "p95_ms": p95_ms}
 
 
@@ -249,8 +280,14 @@ def _ceiling_model(config: BenchConfig, threads: int):
     from server.config import ServerConfig
     from server.model import load_model
 
-    model = load_model(ServerConfig(model_dir=config.model_dir, intra_op_threads=threads, inference_workers=1,
-                                    max_batch_size=config.max_batch_size))
+    model = load_model(
+        ServerConfig(
+            model_dir=config.model_dir,
+            intra_op_threads=threads,
+            inference_workers=1,
+            max_batch_size=config.max_batch_size,
+        )
+    )
     model.runner.warmup()
     return model
 
@@ -258,7 +295,7 @@ def _ceiling_model(config: BenchConfig, threads: int):
 def _ceiling_run(config: BenchConfig, model, texts: list[str], tokens: list[int], streams: int, size: int) -> dict:
     """One tight-loop run: batches of `size` sorted by `tokens` (each text's), shuffled, for ceiling_s seconds."""
     order = sorted(range(len(texts)), key=lambda i: tokens[i])
-    batches = [[texts[i] for i in order[k:k + size]] for k in range(0, len(order), size)]
+    batches = [[texts[i] for i in order[k : k + size]] for k in range(0, len(order), size)]
     random.Random(config.seed).shuffle(batches)
     asyncio.run(wait_for_quiet(config.max_other_cpu, config.quiet_wait_s))
     entry = _tight_loop(model, batches, streams, config.ceiling_s)
@@ -307,22 +344,44 @@ def _tight_loop(model, batches: list[list[str]], streams: int, seconds: float) -
         w.join()
     elapsed = time.perf_counter() - start
     done = totals["texts"]
-    return {"texts_per_s": done / elapsed, "texts": done, "seconds": elapsed,
-            "mean_tokens": totals["tokens"] / done, "padding_ratio": 1 - totals["tokens"] / totals["padded"]}
+    return {
+        "texts_per_s": done / elapsed,
+        "texts": done,
+        "seconds": elapsed,
+        "mean_tokens": totals["tokens"] / done,
+        "padding_ratio": 1 - totals["tokens"] / totals["padded"],
+    }
 
 
-def serve_and_search(name: str, cmd: list[str], bodies: list[bytes], config: BenchConfig,
-                     fractions: tuple[float, ...] = (), log_name: str = "", bound: float | None = None) -> dict:
+def serve_and_search(
+    name: str,
+    cmd: list[str],
+    bodies: list[bytes],
+    config: BenchConfig,
+    fractions: tuple[float, ...] = (),
+    log_name: str = "",
+    bound: float | None = None,
+) -> dict:
     """Start `cmd` as a served process, search its capacity, stop it (`bound`: see search)."""
     log = config.log_dir / f"{log_name or name}.log"
     with ServedProcess(cmd, log, parse_cpus(config.server_cpus)) as proc:
-        return {"command": shlex.join(cmd[1:] + ["--port", str(proc.port)]), "ready": proc.ready_body,
-                "model_info": proc.get_json("/v1/model") if name.startswith("server") else {},
-                **asyncio.run(search_served(name, proc, bodies, config, fractions, bound))}
+        return {
+            "command": shlex.join(cmd[1:] + ["--port", str(proc.port)]),
+            "ready": proc.ready_body,
+            "model_info": proc.get_json("/v1/model") if name.startswith("server") else {},
+            **asyncio.run(search_served(name, proc, bodies, config, fractions, bound)),
+        }
 
 
-def server_rounds(config: BenchConfig, cmd: list[str], bodies: list[bytes], texts: list[str], tokens: list[int],
-                  ceiling: dict, fractions: tuple[float, ...]) -> dict:
+def server_rounds(
+    config: BenchConfig,
+    cmd: list[str],
+    bodies: list[bytes],
+    texts: list[str],
+    tokens: list[int],
+    ceiling: dict,
+    fractions: tuple[float, ...],
+) -> dict:
     """Configuration 2, `config.rounds` times: each round a fresh server, searched between two
     runs of the ceiling's configuration, so each round's ratio is against the ceiling of its
     own minutes. Returns the median round (by capacity), with every round under "rounds"."""
@@ -335,10 +394,12 @@ def server_rounds(config: BenchConfig, cmd: list[str], bodies: list[bytes], text
         result.update(ideal_search(config, result, tokens, ceiling, beside, k))
         share = "n/a" if result["vs_ceiling"] is None else f"{result['vs_ceiling']:.0%}"
         ideal = result.get("ideal_same_search")
-        print(f"[server] round {k}: {result['capacity_rps']:.1f} req/s = {share} of the ceiling "
-              f"beside it ({before:.1f} before, {after:.1f} after)"
-              + (f"; the ideal server under the same search finds {ideal['median']:.0%} of it (median)"
-                 if ideal else ""), flush=True)
+        print(
+            f"[server] round {k}: {result['capacity_rps']:.1f} req/s = {share} of the ceiling "
+            f"beside it ({before:.1f} before, {after:.1f} after)"
+            + (f"; the ideal server under the same search finds {ideal['median']:.0%} of it (median)" if ideal else ""),
+            flush=True,
+        )
         rounds.append(result)
         before = after
     median = statistics.median_low(r["capacity_rps"] for r in rounds)
@@ -347,30 +408,60 @@ def server_rounds(config: BenchConfig, cmd: list[str], bodies: list[bytes], text
     return {**chosen, "rounds": summary}
 
 
-def ideal_search(config: BenchConfig, result: dict, tokens: list[int], ceiling: dict, beside: float,
-                 k: int, searches: int = 40) -> dict:
+def ideal_search(
+    config: BenchConfig, result: dict, tokens: list[int], ceiling: dict, beside: float, k: int, searches: int = 40
+) -> dict:
     """What the ideal server (loadtest/queueing.py) scores under this round's own search: the
     same start rate, step length, step limit and SLA, against the ceiling beside the round."""
     if not beside or not result.get("closed_loop_rps"):
         return {}
-    found = searched_fractions(tokens, beside, ceiling["best_layout"]["streams"], config.sla_p95_ms,
-                               SEARCH_START * result["closed_loop_rps"], config.duration_s, config.max_steps,
-                               searches=searches, seed=config.seed + k)
+    found = searched_fractions(
+        tokens,
+        beside,
+        ceiling["best_layout"]["streams"],
+        config.sla_p95_ms,
+        SEARCH_START * result["closed_loop_rps"],
+        config.duration_s,
+        config.max_steps,
+        searches=searches,
+        seed=config.seed + k,
+    )
     q1, median, q3 = (float(v) for v in np.percentile(found, [25, 50, 75]))
-    return {"ideal_same_search": {"median": median, "q1": q1, "q3": q3, "searches": searches},
-            "vs_ideal_same_search": result["capacity_rps"] / (median * beside) if median else None}
+    return {
+        "ideal_same_search": {"median": median, "q1": q1, "q3": q3, "searches": searches},
+        "vs_ideal_same_search": result["capacity_rps"] / (median * beside) if median else None,
+    }
 
 
-async def search_served(name: str, proc: ServedProcess, bodies: list[bytes], config: BenchConfig,
-                        extra_fractions: tuple[float, ...] = (), bound: float | None = None) -> dict:
+async def search_served(
+    name: str,
+    proc: ServedProcess,
+    bodies: list[bytes],
+    config: BenchConfig,
+    extra_fractions: tuple[float, ...] = (),
+    bound: float | None = None,
+) -> dict:
     """`search` over HTTP against a served process."""
     async with LeanClient(proc.url) as client:
         requests = [client.build("POST", "/v1/predict", body) for body in bodies]
         return await search(
-            name, config, extra_fractions, own_cpu=proc.cpu_seconds, where=f" (see {proc.log_path})", bound=bound,
+            name,
+            config,
+            extra_fractions,
+            own_cpu=proc.cpu_seconds,
+            where=f" (see {proc.log_path})",
+            bound=bound,
             probe=lambda n, seconds: closed_loop_throughput(client, requests, n, seconds),
-            step=lambda rate, seed: run_step(client, requests, rate, config.duration_s, seed=seed,
-                                             timeout_s=config.timeout_s, server_cpu=proc.cpu_seconds))
+            step=lambda rate, seed: run_step(
+                client,
+                requests,
+                rate,
+                config.duration_s,
+                seed=seed,
+                timeout_s=config.timeout_s,
+                server_cpu=proc.cpu_seconds,
+            ),
+        )
 
 
 async def search_in_process(name: str, server_config, texts: list[str], config: BenchConfig) -> dict:
@@ -379,14 +470,25 @@ async def search_in_process(name: str, server_config, texts: list[str], config: 
     async with target:
         start = target.start(config.timeout_s)
         result = await search(
-            name, config, (),
+            name,
+            config,
+            (),
             probe=lambda n, seconds: closed_loop(start, len(texts), n, seconds),
-            step=lambda rate, seed: open_loop_step(start, len(texts), rate, config.duration_s, seed))
+            step=lambda rate, seed: open_loop_step(start, len(texts), rate, config.duration_s, seed),
+        )
     return {"model_info": target.info(), **result}
 
 
-async def search(name: str, config: BenchConfig, extra_fractions: tuple[float, ...], probe, step,
-                 own_cpu=None, where: str = "", bound: float | None = None) -> dict:
+async def search(
+    name: str,
+    config: BenchConfig,
+    extra_fractions: tuple[float, ...],
+    probe,
+    step,
+    own_cpu=None,
+    where: str = "",
+    bound: float | None = None,
+) -> dict:
     """Probe closed-loop throughput, then bisect the open-loop rate that meets the SLA.
 
     `probe(concurrency, seconds)` and `step(rate, seed)` are awaitables measuring the target;
@@ -401,9 +503,15 @@ async def search(name: str, config: BenchConfig, extra_fractions: tuple[float, .
     else:
         print(f"[{name}] search starts from a closed-loop throughput of {bound:.1f} req/s (given)", flush=True)
     if bound <= 0:
-        return {"closed_loop_rps": 0.0, "capacity_rps": 0.0, "capacity_is_lower_bound": False,
-                "at_capacity": None, "at_fraction": {}, "steps": [],
-                "error": f"no successful answer in the closed-loop probe{where}"}
+        return {
+            "closed_loop_rps": 0.0,
+            "capacity_rps": 0.0,
+            "capacity_is_lower_bound": False,
+            "at_capacity": None,
+            "at_fraction": {},
+            "steps": [],
+            "error": f"no successful answer in the closed-loop probe{where}",
+        }
     history, steps, retries = [], [], [config.retries]
 
     async def measure(rate: float, **tags) -> bool:
@@ -415,8 +523,11 @@ async def search(name: str, config: BenchConfig, extra_fractions: tuple[float, .
             ok = result.meets(config.sla_p95_ms, config.max_error_rate)
             disturbed = not ok and retries[0] > 0 and (result.other_cpu_cores or 0.0) > config.max_other_cpu
             steps.append({**result.to_dict(), "meets_sla": ok, "discarded": disturbed, **tags})
-            print(f"[{name}] {_describe(result)} -> {'meets' if ok else 'misses'} SLA"
-                  + (" (other processes busy: run again)" if disturbed else ""), flush=True)
+            print(
+                f"[{name}] {_describe(result)} -> {'meets' if ok else 'misses'} SLA"
+                + (" (other processes busy: run again)" if disturbed else ""),
+                flush=True,
+            )
             if not disturbed:
                 return ok
             retries[0] -= 1
@@ -431,15 +542,23 @@ async def search(name: str, config: BenchConfig, extra_fractions: tuple[float, .
     best = next((s for s in steps if s["rate"] == cap and not s["discarded"] and "fraction" not in s), None)
     # Out of steps before a rate failed: the true capacity is higher than the one reported.
     lower_bound = bool(history) and all(ok for _, ok in history)
-    return {"closed_loop_rps": bound, "capacity_rps": cap, "capacity_is_lower_bound": lower_bound,
-            "at_capacity": best, "at_fraction": at, "steps": steps}
+    return {
+        "closed_loop_rps": bound,
+        "capacity_rps": cap,
+        "capacity_is_lower_bound": lower_bound,
+        "at_capacity": best,
+        "at_fraction": at,
+        "steps": steps,
+    }
 
 
 def _describe(step) -> str:
     other = "n/a" if step.other_cpu_cores is None else f"{step.other_cpu_cores:.2f}"
-    return (f"rate {step.rate:.1f}/s: sent {step.sent}, p50 {step.p50_ms:.0f} ms, p95 {step.p95_ms:.0f} ms, "
-            f"p99 {step.p99_ms:.0f} ms, errors {step.error_rate:.1%}, CPU cores: generator "
-            f"{step.client_cpu_cores:.2f}, other processes {other}")
+    return (
+        f"rate {step.rate:.1f}/s: sent {step.sent}, p50 {step.p50_ms:.0f} ms, p95 {step.p95_ms:.0f} ms, "
+        f"p99 {step.p99_ms:.0f} ms, errors {step.error_rate:.1%}, CPU cores: generator "
+        f"{step.client_cpu_cores:.2f}, other processes {other}"
+    )
 
 
 def run_overload_bench(config: BenchConfig, argv: list[str]) -> int:
@@ -447,25 +566,50 @@ def run_overload_bench(config: BenchConfig, argv: list[str]) -> int:
     texts, source = load_texts(config.texts, config.data_dir, seed=config.seed)
     bodies = payloads(texts)
     info = machine_info()
-    print(f"bench --overload: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
-          f"{info['logical_cpus']} CPUs", flush=True)
+    print(
+        f"bench --overload: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
+        f"{info['logical_cpus']} CPUs",
+        flush=True,
+    )
     from core.layout import model_on_gpu, thread_layout
 
     workers, threads = thread_layout(config.inference_workers, config.intra_op_threads, model_on_gpu(config.model_dir))
-    cmd = [sys.executable, "-m", "server", "--model-dir", str(config.model_dir), "--host", "127.0.0.1",
-           "--inference-workers", str(workers), "--intra-op-threads", str(threads),
-           "--max-batch-size", str(config.max_batch_size), *shlex.split(config.server_args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--model-dir",
+        str(config.model_dir),
+        "--host",
+        "127.0.0.1",
+        "--inference-workers",
+        str(workers),
+        "--intra-op-threads",
+        str(threads),
+        "--max-batch-size",
+        str(config.max_batch_size),
+        *shlex.split(config.server_args),
+    ]
     config.log_dir.mkdir(parents=True, exist_ok=True)
-    results = run_overload(config, cmd, bodies,
-                           lambda name, command, bound=None: serve_and_search(name, command, bodies, config,
-                                                                              log_name=name.replace(" ", "_"),
-                                                                              bound=bound))
+    results = run_overload(
+        config,
+        cmd,
+        bodies,
+        lambda name, command, bound=None: serve_and_search(
+            name, command, bodies, config, log_name=name.replace(" ", "_"), bound=bound
+        ),
+    )
     info["load_average_end"] = os.getloadavg()
-    paths = write_overload_report(config.output_dir, {
-        "command": "python -m loadtest.bench " + shlex.join(argv),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "texts": {"count": len(texts), "source": source}, "machine": info, **results,
-    })
+    paths = write_overload_report(
+        config.output_dir,
+        {
+            "command": "python -m loadtest.bench " + shlex.join(argv),
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+            "texts": {"count": len(texts), "source": source},
+            "machine": info,
+            **results,
+        },
+    )
     print(f"wrote {', '.join(str(p) for p in paths)}", flush=True)
     return 0
 
@@ -476,8 +620,11 @@ def run(config: BenchConfig, argv: list[str]) -> int:
     texts, source = load_texts(config.texts, config.data_dir, seed=config.seed)
     bodies = payloads(texts)
     info = machine_info()
-    print(f"bench: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
-          f"{info['logical_cpus']} CPUs", flush=True)
+    print(
+        f"bench: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
+        f"{info['logical_cpus']} CPUs",
+        flush=True,
+    )
     from core.layout import model_on_gpu, physical_cores, thread_layout
 
     cores = physical_cores()
@@ -485,15 +632,32 @@ def run(config: BenchConfig, argv: list[str]) -> int:
     workers, threads = thread_layout(config.inference_workers, config.intra_op_threads, model_on_gpu(config.model_dir))
     ceiling, tokens = measure_ceiling(config, texts, (workers, threads))
     best = ceiling["best_layout"]
-    print(f"[ceiling] sweep: {ceiling['texts_per_s']:.1f} texts/s at best ({best['streams']} stream(s) x "
-          f"{best['threads']} thread(s), batch {ceiling['best_batch_size']})", flush=True)
-    server_cmd = [sys.executable, "-m", "server", "--model-dir", str(config.model_dir), "--host", "127.0.0.1",
-                  *shlex.split(config.server_args)]
+    print(
+        f"[ceiling] sweep: {ceiling['texts_per_s']:.1f} texts/s at best ({best['streams']} stream(s) x "
+        f"{best['threads']} thread(s), batch {ceiling['best_batch_size']})",
+        flush=True,
+    )
+    server_cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--model-dir",
+        str(config.model_dir),
+        "--host",
+        "127.0.0.1",
+        *shlex.split(config.server_args),
+    ]
 
     def served(n_workers: int, n_threads: int, batch: int) -> list[str]:
         """Explicit layouts, so each served command line says exactly what ran."""
-        return server_cmd + ["--inference-workers", str(n_workers), "--intra-op-threads", str(n_threads),
-                             "--max-batch-size", str(batch)]
+        return server_cmd + [
+            "--inference-workers",
+            str(n_workers),
+            "--intra-op-threads",
+            str(n_threads),
+            "--max-batch-size",
+            str(batch),
+        ]
 
     targets = [("server", served(workers, threads, config.max_batch_size), (0.5, 0.8))]
     if "single_worker" not in config.skipped and (workers, threads) != (1, cores):
@@ -501,9 +665,25 @@ def run(config: BenchConfig, argv: list[str]) -> int:
     if "batch1" not in config.skipped:
         targets.append(("server_batch1", served(workers, threads, 1), ()))
     if "torch" not in config.skipped:
-        targets.append(("torch_baseline", [sys.executable, "-m", "loadtest.torch_baseline", "--checkpoint",
-                                           str(config.checkpoint), "--host", "127.0.0.1", "--threads",
-                                           str(config.torch_threads or cores), "--device", config.torch_device], ()))
+        targets.append(
+            (
+                "torch_baseline",
+                [
+                    sys.executable,
+                    "-m",
+                    "loadtest.torch_baseline",
+                    "--checkpoint",
+                    str(config.checkpoint),
+                    "--host",
+                    "127.0.0.1",
+                    "--threads",
+                    str(config.torch_threads or cores),
+                    "--device",
+                    config.torch_device,
+                ],
+                (),
+            )
+        )
     results = {}
     config.log_dir.mkdir(parents=True, exist_ok=True)
     for name, cmd, fractions in targets:
@@ -513,20 +693,28 @@ def run(config: BenchConfig, argv: list[str]) -> int:
         results[name] = server_rounds(config, cmd, bodies, texts, tokens, ceiling, fractions)
         if "in_process" not in config.skipped:
             # The same settings as the served command line, parsed by the server's own parser.
-            served_config = parse_server_config(cmd[cmd.index("--model-dir"):])
-            results["in_process"] = {"command": "in this process: " + shlex.join(cmd[cmd.index("--model-dir"):]),
-                                     **asyncio.run(search_in_process("in_process", served_config, texts, config))}
+            served_config = parse_server_config(cmd[cmd.index("--model-dir") :])
+            results["in_process"] = {
+                "command": "in this process: " + shlex.join(cmd[cmd.index("--model-dir") :]),
+                **asyncio.run(search_in_process("in_process", served_config, texts, config)),
+            }
     ceiling["queueing_bound"] = queueing_bound(ceiling, tokens, config.sla_p95_ms)
     info["load_average_end"] = os.getloadavg()
     from server.config import ServerConfig
 
     server_defaults = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(ServerConfig()).items()}
-    paths = write_report(config.output_dir, {
-        "command": "python -m loadtest.bench " + shlex.join(argv),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "texts": {"count": len(texts), "source": source}, "machine": info, "ceiling": ceiling,
-        "server_defaults": server_defaults, **results,
-    })
+    paths = write_report(
+        config.output_dir,
+        {
+            "command": "python -m loadtest.bench " + shlex.join(argv),
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+            "texts": {"count": len(texts), "source": source},
+            "machine": info,
+            "ceiling": ceiling,
+            "server_defaults": server_defaults,
+            **results,
+        },
+    )
     print(f"wrote {', '.join(str(p) for p in paths)}", flush=True)
     return 0
 
@@ -536,8 +724,13 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(BenchConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "quick":
-            parser.add_argument(flag, action="store_true", help="smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
-                                + "; output to reports/bench-quick unless --output-dir is given")
+            parser.add_argument(
+                flag,
+                action="store_true",
+                help="smoke run: "
+                + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+                + "; output to reports/bench-quick unless --output-dir is given",
+            )
         elif f.type == "bool":
             parser.add_argument(flag, action="store_true", help=_HELP[f.name])
         elif f.name in ("model_dir", "checkpoint"):
@@ -563,8 +756,10 @@ def main(argv: list[str] | None = None) -> int:
     values["overload"] = bool(args["overload"])
     if values["checkpoint"] is None:
         if not values["overload"] and "torch" not in (values["skip"] or "").split(","):
-            print("error: --checkpoint is required (the PyTorch baseline serves it), unless --overload or "
-                  "--skip torch", file=sys.stderr)
+            print(
+                "error: --checkpoint is required (the PyTorch baseline serves it), unless --overload or --skip torch",
+                file=sys.stderr,
+            )
             return 2
         values["checkpoint"] = Path("-")
     try:
@@ -572,7 +767,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for path, what in ((config.model_dir / "model.onnx", "--model-dir"), (config.checkpoint / "config.json", "--checkpoint")):
+    for path, what in (
+        (config.model_dir / "model.onnx", "--model-dir"),
+        (config.checkpoint / "config.json", "--checkpoint"),
+    ):
         unused = what == "--checkpoint" and ("torch" in config.skipped or config.overload)
         if not path.is_file() and not unused:
             print(f"error: {what} {path.parent} has no {path.name}", file=sys.stderr)

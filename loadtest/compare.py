@@ -10,6 +10,7 @@ interleave the variants, so a slow spell on a shared machine hits one cell, not 
 Where `loadtest.bench` searches each configuration's capacity, this answers "is A better than
 B at these rates", which is how the server's defaults were chosen (docs/RESULTS.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,15 +62,27 @@ def parse_variant(text: str) -> tuple[str, str]:
 
 def mean_batch_size(metrics_text: str) -> tuple[float, float]:
     """(sum, count) of sentiment_batch_size from a /metrics page."""
+
     def value(name: str) -> float:
         match = re.search(rf"^{name} ([0-9.e+-]+)$", metrics_text, re.M)
         return float(match.group(1)) if match else 0.0
+
     return value("sentiment_batch_size_sum"), value("sentiment_batch_size_count")
 
 
 async def _variant_round(config: CompareConfig, name: str, flags: str, bodies: list[bytes], rnd: int) -> list[dict]:
-    cmd = [sys.executable, "-m", "server", "--model-dir", str(config.model_dir), "--host", "127.0.0.1",
-           "--log-level", "warning", *shlex.split(flags)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--model-dir",
+        str(config.model_dir),
+        "--host",
+        "127.0.0.1",
+        "--log-level",
+        "warning",
+        *shlex.split(flags),
+    ]
     log_path = config.log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-round{rnd + 1}.log"
     cells = []
     with ServedProcess(cmd, log_path) as proc:
@@ -78,17 +91,31 @@ async def _variant_round(config: CompareConfig, name: str, flags: str, bodies: l
             await run_step(client, requests, min(config.rates) / 2, 3.0, seed=config.seed)  # warm-up
             for rate in config.rates:
                 before = mean_batch_size(proc.get_text("/metrics"))
-                step = await run_step(client, requests, rate, config.duration_s, seed=config.seed + rnd * 1000 + int(rate),
-                                      server_cpu=proc.cpu_seconds)
+                step = await run_step(
+                    client,
+                    requests,
+                    rate,
+                    config.duration_s,
+                    seed=config.seed + rnd * 1000 + int(rate),
+                    server_cpu=proc.cpu_seconds,
+                )
                 after = mean_batch_size(proc.get_text("/metrics"))
                 batches = after[1] - before[1]
-                cells.append({
-                    "variant": name, "round": rnd + 1, "rate": rate, "p95_ms": step.p95_ms, "p50_ms": step.p50_ms,
-                    "error_rate": step.error_rate,
-                    "server_cpu_ms_per_request": step.server_cpu_cores * 1000 / step.achieved_rps if step.achieved_rps else None,
-                    "mean_batch_size": (after[0] - before[0]) / batches if batches else None,
-                    "other_cpu_cores": step.other_cpu_cores,
-                })
+                cells.append(
+                    {
+                        "variant": name,
+                        "round": rnd + 1,
+                        "rate": rate,
+                        "p95_ms": step.p95_ms,
+                        "p50_ms": step.p50_ms,
+                        "error_rate": step.error_rate,
+                        "server_cpu_ms_per_request": step.server_cpu_cores * 1000 / step.achieved_rps
+                        if step.achieved_rps
+                        else None,
+                        "mean_batch_size": (after[0] - before[0]) / batches if batches else None,
+                        "other_cpu_cores": step.other_cpu_cores,
+                    }
+                )
                 await asyncio.sleep(0.5)
     return cells
 
@@ -97,8 +124,11 @@ def run(config: CompareConfig) -> list[dict]:
     texts, source = load_texts(config.texts, config.data_dir, seed=config.seed)
     bodies = payloads(texts)
     config.log_dir.mkdir(parents=True, exist_ok=True)
-    print(f"compare: {len(texts)} texts ({source}); rates {', '.join(f'{r:g}' for r in config.rates)}/s; "
-          f"{config.duration_s:g} s per step; {config.rounds} round(s)", flush=True)
+    print(
+        f"compare: {len(texts)} texts ({source}); rates {', '.join(f'{r:g}' for r in config.rates)}/s; "
+        f"{config.duration_s:g} s per step; {config.rounds} round(s)",
+        flush=True,
+    )
     cells = []
     for rnd in range(config.rounds):
         for name, flags in config.variants:
@@ -108,9 +138,16 @@ def run(config: CompareConfig) -> list[dict]:
     print(render_table(config, cells))
     if config.output:
         config.output.parent.mkdir(parents=True, exist_ok=True)
-        config.output.write_text(json.dumps({"config": {k: str(v) if isinstance(v, Path) else v
-                                                         for k, v in asdict(config).items()}, "cells": cells},
-                                            indent=2) + "\n")
+        config.output.write_text(
+            json.dumps(
+                {
+                    "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+                    "cells": cells,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return cells
 
 
@@ -124,8 +161,10 @@ def _cell(c: dict) -> str:
 def render_table(config: CompareConfig, cells: list[dict]) -> str:
     """Markdown: one row per variant, one column per (round, rate)."""
     columns = [(rnd + 1, rate) for rnd in range(config.rounds) for rate in config.rates]
-    lines = ["| setting | " + " | ".join(f"round {r}, {rate:g} req/s" for r, rate in columns) + " |",
-             "| --- |" + " --- |" * len(columns)]
+    lines = [
+        "| setting | " + " | ".join(f"round {r}, {rate:g} req/s" for r, rate in columns) + " |",
+        "| --- |" + " --- |" * len(columns),
+    ]
     for name, _ in config.variants:
         by_key = {(c["round"], c["rate"]): c for c in cells if c["variant"] == name}
         lines.append(f"| {name} | " + " | ".join(_cell(by_key[k]) if k in by_key else "-" for k in columns) + " |")
@@ -147,10 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = CompareConfig(
-            model_dir=args.model_dir, variants=tuple(parse_variant(v) for v in args.variants),
-            rates=tuple(float(r) for r in args.rates.split(",") if r.strip()), rounds=args.rounds,
-            duration_s=args.duration_s, texts=args.texts, data_dir=args.data_dir, seed=args.seed,
-            output=args.output, log_dir=args.log_dir)
+            model_dir=args.model_dir,
+            variants=tuple(parse_variant(v) for v in args.variants),
+            rates=tuple(float(r) for r in args.rates.split(",") if r.strip()),
+            rounds=args.rounds,
+            duration_s=args.duration_s,
+            texts=args.texts,
+            data_dir=args.data_dir,
+            seed=args.seed,
+            output=args.output,
+            log_dir=args.log_dir,
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

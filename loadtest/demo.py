@@ -12,6 +12,7 @@ Steps 2-3 are skipped when --model-dir already holds a model (use --force to reb
 second run costs only the serving part. Exit status: 0 all passed, 1 the SLA gate failed,
 2 a step failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
 
 from core.labels import ID2LABEL
 from loadtest.procs import ServedProcess
@@ -43,8 +44,9 @@ LABELS = ID2LABEL
 @dataclass(frozen=True)
 class DemoConfig:
     data_dir: Path = field(default=Path("data/imdb"), metadata={"help": "dataset directory (train/test.parquet)"})
-    shared_data_dir: Path = field(default=Path("../shared/data/imdb"),
-                                  metadata={"help": "shared copy of the dataset to link, if it exists"})
+    shared_data_dir: Path = field(
+        default=Path("../shared/data/imdb"), metadata={"help": "shared copy of the dataset to link, if it exists"}
+    )
     train_config: Path = field(default=Path("configs/minilm.yaml"), metadata={"help": "trainer YAML config"})
     checkpoint: Path = field(default=Path("artifacts/checkpoint"), metadata={"help": "trainer output"})
     model_dir: Path = field(default=Path("artifacts/model"), metadata={"help": "exporter output, served"})
@@ -110,6 +112,7 @@ def has_data(data_dir: Path) -> bool:
 
 # ---------------------------------------------------------------- commands (pure, tested)
 
+
 def data_command(cfg: DemoConfig) -> list[str]:
     cmd = [sys.executable, "-m", "trainer", "data", "--output-dir", str(cfg.data_dir)]
     if cfg.shared_data_dir.is_dir():
@@ -131,8 +134,18 @@ def train_command(cfg: DemoConfig) -> list[str]:
         "save_state_every_steps": 0,
         "log_every_steps": 10,
     }
-    cmd = [sys.executable, "-m", "trainer", "train", "--config", str(cfg.train_config),
-           "--data-dir", str(cfg.data_dir), "--output-dir", str(cfg.checkpoint)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "train",
+        "--config",
+        str(cfg.train_config),
+        "--data-dir",
+        str(cfg.data_dir),
+        "--output-dir",
+        str(cfg.checkpoint),
+    ]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
     return cmd
@@ -140,9 +153,21 @@ def train_command(cfg: DemoConfig) -> list[str]:
 
 def export_command(cfg: DemoConfig) -> list[str]:
     # The exporter's default gate (<= 0.5 accuracy points lost, >= 98% label agreement) applies.
-    return [sys.executable, "-m", "exporter", "--checkpoint", str(cfg.checkpoint),
-            "--output-dir", str(cfg.model_dir), "--quantize", "int8", "--eval-data", str(cfg.data_dir),
-            "--eval-samples", str(cfg.eval_samples)]
+    return [
+        sys.executable,
+        "-m",
+        "exporter",
+        "--checkpoint",
+        str(cfg.checkpoint),
+        "--output-dir",
+        str(cfg.model_dir),
+        "--quantize",
+        "int8",
+        "--eval-data",
+        str(cfg.data_dir),
+        "--eval-samples",
+        str(cfg.eval_samples),
+    ]
 
 
 def server_command(cfg: DemoConfig) -> list[str]:
@@ -151,12 +176,27 @@ def server_command(cfg: DemoConfig) -> list[str]:
 
 
 def loadtest_command(cfg: DemoConfig, url: str) -> list[str]:
-    return [sys.executable, "-m", "loadtest", "--host", url, "--users", str(cfg.users),
-            "--spawn-rate", str(cfg.users), "--run-time", cfg.run_time, "--sla-p95-ms", f"{cfg.sla_p95_ms:g}",
-            "--report-dir", str(cfg.report_dir / "loadtest")]
+    return [
+        sys.executable,
+        "-m",
+        "loadtest",
+        "--host",
+        url,
+        "--users",
+        str(cfg.users),
+        "--spawn-rate",
+        str(cfg.users),
+        "--run-time",
+        cfg.run_time,
+        "--sla-p95-ms",
+        f"{cfg.sla_p95_ms:g}",
+        "--report-dir",
+        str(cfg.report_dir / "loadtest"),
+    ]
 
 
 # ---------------------------------------------------------------- HTTP helpers (stdlib only)
+
 
 def http_json(url: str, payload: dict | None = None, timeout: float = 10.0) -> tuple[int, dict]:
     data = None if payload is None else json.dumps(payload).encode()
@@ -218,6 +258,7 @@ def pick_reviews(data_dir: Path, n: int = 4, seed: int = 7) -> list[tuple[str, i
 
 # ---------------------------------------------------------------- running steps
 
+
 class StepError(Exception):
     """A step failed; the message says which and why."""
 
@@ -271,9 +312,12 @@ def run(cfg: DemoConfig) -> int:
     server: ServedProcess | None = None
     url = ""
     sla_code = 0
-    demo.say(f"demo: {'train + export + ' if build_model else ''}serve + query + load test; "
-             f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    demo.say(
+        f"demo: {'train + export + ' if build_model else ''}serve + query + load test; "
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
     try:
+
         def data() -> str:
             if has_data(cfg.data_dir):
                 return f"{cfg.data_dir} already in place"
@@ -291,11 +335,18 @@ def run(cfg: DemoConfig) -> int:
             demo.notes["test accuracy (PyTorch)"] = (
                 f"{acc:.4f} on {metrics['test'].get('samples', '?')} "
                 f"test reviews after {metrics['train_time_s']:.0f} s of training "
-                f"({metrics['train_samples_per_s']:.1f} samples/s)")
+                f"({metrics['train_samples_per_s']:.1f} samples/s)"
+            )
             return f"test accuracy {acc:.4f}, checkpoint {cfg.checkpoint}"
 
-        demo.step(2, total, "train", f"fine-tune packaged MiniLM on {cfg.train_samples} reviews, "
-                  f"max_length {cfg.max_length}, {cfg.epochs} epoch(s), on the CPU", train)
+        demo.step(
+            2,
+            total,
+            "train",
+            f"fine-tune packaged MiniLM on {cfg.train_samples} reviews, "
+            f"max_length {cfg.max_length}, {cfg.epochs} epoch(s), on the CPU",
+            train,
+        )
 
         def export() -> str:
             if not build_model:
@@ -307,7 +358,8 @@ def run(cfg: DemoConfig) -> int:
             demo.notes["int8 ONNX parity"] = (
                 f"label agreement {parity.get('label_agreement', float('nan')):.4f}, ONNX accuracy "
                 f"{parity.get('onnx_accuracy') or float('nan'):.4f} vs PyTorch "
-                f"{parity.get('pytorch_accuracy') or float('nan'):.4f}, model.onnx {size_mb:.1f} MB")
+                f"{parity.get('pytorch_accuracy') or float('nan'):.4f}, model.onnx {size_mb:.1f} MB"
+            )
             return demo.notes["int8 ONNX parity"]
 
         demo.step(3, total, "export", f"{cfg.checkpoint} -> {cfg.model_dir} (int8 ONNX, parity-gated)", export)
@@ -317,8 +369,9 @@ def run(cfg: DemoConfig) -> int:
             if not has_model(cfg.model_dir):
                 raise StepError(f"no model in {cfg.model_dir}")
             log_path = cfg.report_dir / "server.log"
-            candidate = ServedProcess(server_command(cfg), log_path, ready_timeout_s=cfg.ready_timeout_s,
-                                      host=cfg.host, port=cfg.port)
+            candidate = ServedProcess(
+                server_command(cfg), log_path, ready_timeout_s=cfg.ready_timeout_s, host=cfg.host, port=cfg.port
+            )
             demo.say("$ " + " ".join(_shorten(c) for c in candidate.cmd) + f"   (log: {log_path})")
             try:
                 server = candidate.start()  # stopped by _finish, after the steps that use it
@@ -341,13 +394,13 @@ def run(cfg: DemoConfig) -> int:
                     raise StepError(f"POST /v1/predict answered {status}: {body}")
                 correct += body["label"] == LABELS[label]
                 demo.say(f"\n  review: {text[:160]}{'...' if len(text) > 160 else ''}")
-                demo.say(f"  truth: {LABELS[label]:<8}  answer: {body['label']:<8} score {body['score']:.3f}"
-                         f"  ({ms:.0f} ms)")
+                demo.say(
+                    f"  truth: {LABELS[label]:<8}  answer: {body['label']:<8} score {body['score']:.3f}  ({ms:.0f} ms)"
+                )
             status, body = http_json(url + "/v1/predict", {"texts": [t for t, _ in reviews]})
             if status != 200 or len(body.get("predictions", [])) != len(reviews):
                 raise StepError(f"multi-text request answered {status}: {body}")
-            demo.say(f"\n  one request with all {len(reviews)} texts: "
-                     f"{[p['label'] for p in body['predictions']]}")
+            demo.say(f"\n  one request with all {len(reviews)} texts: {[p['label'] for p in body['predictions']]}")
             return f"{correct}/{len(reviews)} answers match the true labels"
 
         demo.step(5, total, "query", "a few real test reviews, one request each, then one batch request", query)
@@ -370,7 +423,8 @@ def run(cfg: DemoConfig) -> int:
             if summary.get("batches"):
                 demo.notes["server batching"] = (
                     f"{summary['texts']:.0f} texts in {summary['batches']:.0f} batches, mean batch size "
-                    f"{summary['mean_batch_size']:.2f}, mean padding ratio {summary.get('mean_padding_ratio', 0):.3f}")
+                    f"{summary['mean_batch_size']:.2f}, mean padding ratio {summary.get('mean_padding_ratio', 0):.3f}"
+                )
             demo.notes["load test"] = verdict
             return verdict
 
@@ -385,6 +439,7 @@ def run(cfg: DemoConfig) -> int:
 
 def _finish(demo: Demo, server: ServedProcess | None, started: float, code: int) -> int:
     if server is not None and server.running:
+
         def stop() -> str:
             status, seconds = server.stop(timeout_s=20.0)
             if status != 0:

@@ -7,6 +7,7 @@ here, this one ~0.3 ms (docs/RESULTS.md): it writes pre-built bytes and reads on
 status line and the headers that frame the answer, as wrk and vegeta do. It speaks only what the benchmark needs: POST (or GET) with a body of
 known length to one host, and answers with a Content-Length or closing the connection.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -70,7 +71,7 @@ class _Connection(asyncio.Protocol):
             self._body_start = end + 4
         status, length, close = self._head
         if length >= 0 and len(self.buffer) - self._body_start >= length:
-            body = bytes(self.buffer[self._body_start:self._body_start + length])
+            body = bytes(self.buffer[self._body_start : self._body_start + length])
             if close:
                 self.abort()
             self.waiter.set_result((status, body))
@@ -80,7 +81,7 @@ class _Connection(asyncio.Protocol):
         if self.waiter is None or self.waiter.done():
             return
         if self._head is not None and self._head[1] < 0:  # no Content-Length: the body ends at EOF
-            self.waiter.set_result((self._head[0], bytes(self.buffer[self._body_start:])))
+            self.waiter.set_result((self._head[0], bytes(self.buffer[self._body_start :])))
         else:
             self.waiter.set_exception(HttpError("connection closed before the answer was complete"))
 
@@ -153,8 +154,9 @@ class LeanClient:
     async def _connect_and_send(self, request: bytes, deadline: float) -> tuple[int, bytes]:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(loop.create_connection(_Connection, self.host, self.port),
-                                             max(0.0, deadline - loop.time()))
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(_Connection, self.host, self.port), max(0.0, deadline - loop.time())
+            )
         except OSError as exc:
             raise HttpError(f"connect failed: {exc}") from None
         self._all.add(conn)

@@ -7,10 +7,11 @@ arrival calls the server's own `InferenceService.predict` (admission, the tokeni
 real `MicroBatcher` running the real `OnnxRunner` with the server's settings), so 2c sits
 between 1 and 2, and splits the gap.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+from collections.abc import Sequence
 
 from loadtest.openloop import Start
 from server.config import ServerConfig

@@ -19,6 +19,7 @@ Options (locust command-line flag, or the environment variable, or the default):
   --request-timeout-s LOADTEST_REQUEST_TIMEOUT_S 10  client timeout per request
   --summary-json     LOADTEST_SUMMARY_JSON     (none) final statistics as JSON, for the SLA gate
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,13 @@ ENDPOINT = "/v1/predict"
 @events.init_command_line_parser.add_listener
 def _add_options(parser) -> None:
     group = parser.add_argument_group("sentiment load test")
-    group.add_argument("--multi-fraction", type=float, default=0.1, env_var="LOADTEST_MULTI_FRACTION",
-                       help="share of requests carrying several texts")
+    group.add_argument(
+        "--multi-fraction",
+        type=float,
+        default=0.1,
+        env_var="LOADTEST_MULTI_FRACTION",
+        help="share of requests carrying several texts",
+    )
     group.add_argument("--multi-min-texts", type=int, default=2, env_var="LOADTEST_MULTI_MIN_TEXTS")
     group.add_argument("--multi-max-texts", type=int, default=4, env_var="LOADTEST_MULTI_MAX_TEXTS")
     group.add_argument("--think-min-s", type=float, default=1.0, env_var="LOADTEST_THINK_MIN_S")
@@ -47,8 +53,12 @@ def _add_options(parser) -> None:
     group.add_argument("--data-dir", default=DEFAULT_DATA_DIR, env_var="LOADTEST_DATA_DIR")
     group.add_argument("--review-pool", type=int, default=2000, env_var="LOADTEST_REVIEW_POOL")
     group.add_argument("--request-timeout-s", type=float, default=10.0, env_var="LOADTEST_REQUEST_TIMEOUT_S")
-    group.add_argument("--summary-json", default="", env_var="LOADTEST_SUMMARY_JSON",
-                       help="write the final per-endpoint statistics here (python -m loadtest reads it)")
+    group.add_argument(
+        "--summary-json",
+        default="",
+        env_var="LOADTEST_SUMMARY_JSON",
+        help="write the final per-endpoint statistics here (python -m loadtest reads it)",
+    )
 
 
 @events.init.add_listener
@@ -61,7 +71,9 @@ def _prepare(environment, **_kwargs) -> None:
     if not 0.0 <= o.multi_fraction <= 1.0:
         problems.append(f"--multi-fraction must be within [0, 1], got {o.multi_fraction}")
     if not 1 <= o.multi_min_texts <= o.multi_max_texts:
-        problems.append(f"need 1 <= --multi-min-texts <= --multi-max-texts, got {o.multi_min_texts}, {o.multi_max_texts}")
+        problems.append(
+            f"need 1 <= --multi-min-texts <= --multi-max-texts, got {o.multi_min_texts}, {o.multi_max_texts}"
+        )
     if not 0.0 <= o.think_min_s <= o.think_max_s:
         problems.append(f"need 0 <= --think-min-s <= --think-max-s, got {o.think_min_s}, {o.think_max_s}")
     if o.review_pool < 1:
@@ -89,8 +101,12 @@ def _write_summary(environment, **_kwargs) -> None:
 def _entry(e) -> dict:
     has = e.num_requests > 0
     return {
-        "name": e.name, "method": e.method or "", "requests": e.num_requests, "failures": e.num_failures,
-        "rps": e.total_rps, "p50_ms": e.get_response_time_percentile(0.50) if has else None,
+        "name": e.name,
+        "method": e.method or "",
+        "requests": e.num_requests,
+        "failures": e.num_failures,
+        "rps": e.total_rps,
+        "p50_ms": e.get_response_time_percentile(0.50) if has else None,
         "p95_ms": e.get_response_time_percentile(0.95) if has else None,
         "p99_ms": e.get_response_time_percentile(0.99) if has else None,
         "max_ms": e.max_response_time if has else None,

@@ -7,6 +7,7 @@ down with the server and hides queueing. Latency is measured from the *scheduled
 time, so any delay in the generator itself counts against the server (conservative), and
 the generator's own send lag is reported to show it was not the bottleneck.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,8 @@ import os
 import random
 import resource
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -94,20 +95,36 @@ def http_status(answer: tuple[int, bytes]) -> int:
 
 def http_start(client: LeanClient, requests: Sequence[bytes], timeout_s: float) -> Start:
     """Requests built by `client.build`, each with a `timeout_s` client timeout."""
+
     def start(k: int) -> asyncio.Future:
         return client.request(requests[k], timeout_s)
+
     return start
 
 
-async def run_step(client: LeanClient, requests: Sequence[bytes], rate: float, duration_s: float, seed: int = 0,
-                   timeout_s: float = 5.0, server_cpu=None) -> StepResult:
+async def run_step(
+    client: LeanClient,
+    requests: Sequence[bytes],
+    rate: float,
+    duration_s: float,
+    seed: int = 0,
+    timeout_s: float = 5.0,
+    server_cpu=None,
+) -> StepResult:
     """Send Poisson arrivals at `rate`/s for `duration_s` over HTTP and wait for every answer.
 
     `requests` are built by `client.build`; each has a `timeout_s` client timeout.
     `server_cpu`, when given, is a zero-argument callable returning the server's CPU seconds.
     """
-    return await open_loop_step(http_start(client, requests, timeout_s), len(requests), rate, duration_s,
-                                seed, server_cpu, status_of=http_status)
+    return await open_loop_step(
+        http_start(client, requests, timeout_s),
+        len(requests),
+        rate,
+        duration_s,
+        seed,
+        server_cpu,
+        status_of=http_status,
+    )
 
 
 @dataclass
@@ -144,17 +161,33 @@ class Samples:
         other = (self.system_busy_s / wall - cpu / wall - (srv or 0.0)) if self.system_busy_s is not None else None
         pct = (lambda q: float(np.percentile(self.latency_ms, q))) if sent else (lambda q: math.nan)
         return StepResult(
-            rate=self.rate, duration_s=self.duration_s, sent=sent, ok=sent - errors, errors=errors,
-            p50_ms=pct(50), p95_ms=pct(95), p99_ms=pct(99), max_ms=pct(100),
+            rate=self.rate,
+            duration_s=self.duration_s,
+            sent=sent,
+            ok=sent - errors,
+            errors=errors,
+            p50_ms=pct(50),
+            p95_ms=pct(95),
+            p99_ms=pct(99),
+            max_ms=pct(100),
             achieved_rps=(sent - errors) / wall,
             send_lag_p99_ms=float(np.percentile(self.send_lag_s, 99) * 1000.0) if sent else 0.0,
-            client_cpu_cores=cpu / wall, server_cpu_cores=srv,
-            other_cpu_cores=max(0.0, other) if other is not None else None, error_kinds=kinds,
+            client_cpu_cores=cpu / wall,
+            server_cpu_cores=srv,
+            other_cpu_cores=max(0.0, other) if other is not None else None,
+            error_kinds=kinds,
         )
 
 
-async def open_loop_step(start: Start, items: int, rate: float, duration_s: float, seed: int = 0,
-                         server_cpu=None, status_of=lambda result: 200) -> StepResult:
+async def open_loop_step(
+    start: Start,
+    items: int,
+    rate: float,
+    duration_s: float,
+    seed: int = 0,
+    server_cpu=None,
+    status_of=lambda result: 200,
+) -> StepResult:
     """Poisson arrivals at `rate`/s for `duration_s`, each calling `start` on the next of
     `items` (from a seeded offset); waits for every answer. `status_of` turns a future's
     result into a status."""
@@ -162,9 +195,18 @@ async def open_loop_step(start: Start, items: int, rate: float, duration_s: floa
     return samples.step_result()
 
 
-async def open_loop_samples(start: Start, items: int, rate: float, duration_s: float, seed: int = 0,
-                            server_cpu=None, status_of=lambda result: 200, stretch: bool = True,
-                            then: Sequence[tuple[float, float]] = (), mark=None) -> Samples:
+async def open_loop_samples(
+    start: Start,
+    items: int,
+    rate: float,
+    duration_s: float,
+    seed: int = 0,
+    server_cpu=None,
+    status_of=lambda result: 200,
+    stretch: bool = True,
+    then: Sequence[tuple[float, float]] = (),
+    mark=None,
+) -> Samples:
     """As open_loop_step, but every request's figures (`stretch=False`: exactly `duration_s`,
     however few requests that makes).
 
@@ -209,15 +251,20 @@ async def open_loop_samples(start: Start, items: int, rate: float, duration_s: f
         lags[i] = loop.time() - due
         start((offset + i) % items).add_done_callback(functools.partial(answered, i, due))
 
-    cpu0, srv0, sys0, wall0 = (_cpu_seconds(), server_cpu() if server_cpu else None, _system_busy_seconds(),
-                               time.perf_counter())
+    cpu0, srv0, sys0, wall0 = (
+        _cpu_seconds(),
+        server_cpu() if server_cpu else None,
+        _system_busy_seconds(),
+        time.perf_counter(),
+    )
     begin = loop.time() + 0.05
     timers = [loop.call_at(begin + at, fire, i, begin + at) for i, at in enumerate(arrivals)]
     marks: list[dict] = []
 
     def boundary() -> None:
-        marks.append({"client_cpu_s": _cpu_seconds() - cpu0, "wall_s": time.perf_counter() - wall0,
-                      **(mark() if mark else {})})
+        marks.append(
+            {"client_cpu_s": _cpu_seconds() - cpu0, "wall_s": time.perf_counter() - wall0, **(mark() if mark else {})}
+        )
 
     timers += [loop.call_at(begin + at, boundary) for at in boundaries]
     try:
@@ -229,22 +276,32 @@ async def open_loop_samples(start: Start, items: int, rate: float, duration_s: f
     wall = time.perf_counter() - wall0
     busy = _system_busy_seconds()
     return Samples(
-        rate=rate, duration_s=total, due_s=np.asarray(arrivals, dtype=float), latency_ms=latencies, marks=marks,
-        status=statuses, send_lag_s=lags, wall_s=wall, client_cpu_s=_cpu_seconds() - cpu0,
+        rate=rate,
+        duration_s=total,
+        due_s=np.asarray(arrivals, dtype=float),
+        latency_ms=latencies,
+        marks=marks,
+        status=statuses,
+        send_lag_s=lags,
+        wall_s=wall,
+        client_cpu_s=_cpu_seconds() - cpu0,
         server_cpu_s=server_cpu() - srv0 if server_cpu and srv0 is not None else None,
         system_busy_s=busy - sys0 if busy is not None and sys0 is not None else None,
     )
 
 
-async def closed_loop_throughput(client: LeanClient, requests: Sequence[bytes], concurrency: int,
-                                 duration_s: float, timeout_s: float = 10.0) -> float:
+async def closed_loop_throughput(
+    client: LeanClient, requests: Sequence[bytes], concurrency: int, duration_s: float, timeout_s: float = 10.0
+) -> float:
     """Successful HTTP answers per second with `concurrency` clients sending back to back."""
-    return await closed_loop(http_start(client, requests, timeout_s), len(requests), concurrency, duration_s,
-                             status_of=http_status)
+    return await closed_loop(
+        http_start(client, requests, timeout_s), len(requests), concurrency, duration_s, status_of=http_status
+    )
 
 
-async def closed_loop(start: Start, items: int, concurrency: int, duration_s: float,
-                      status_of=lambda result: 200) -> float:
+async def closed_loop(
+    start: Start, items: int, concurrency: int, duration_s: float, status_of=lambda result: 200
+) -> float:
     """Successes per second with `concurrency` callers starting the next item as soon as
     their last one is answered. Used only to bracket the open-loop search: the SLA-bound
     rate cannot exceed it."""
@@ -258,7 +315,7 @@ async def closed_loop(start: Start, items: int, concurrency: int, duration_s: fl
         while loop.time() < end:
             try:
                 result = await start(next(counter) % items)
-            except Exception:  # noqa: BLE001 - a failure is simply not a success here
+            except Exception:
                 continue
             done += status_of(result) == 200  # after the await: `done += await ...` would lose updates
 
@@ -267,8 +324,14 @@ async def closed_loop(start: Start, items: int, concurrency: int, duration_s: fl
     return done / (loop.time() - t0)
 
 
-def next_rate(history: Sequence[tuple[float, bool]], start: float, growth: float = SEARCH_GROWTH,
-              tolerance: float = 0.03, floor: float = 0.1, max_steps: int | None = None) -> float | None:
+def next_rate(
+    history: Sequence[tuple[float, bool]],
+    start: float,
+    growth: float = SEARCH_GROWTH,
+    tolerance: float = 0.03,
+    floor: float = 0.1,
+    max_steps: int | None = None,
+) -> float | None:
     """The next rate to try, or None when the search is done (pure: testable with numbers).
 
     `history` holds (rate, met_sla). Until a rate fails, grow the highest rate tried by
@@ -303,7 +366,9 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def wait_for_quiet(max_other_cores: float, max_wait_s: float, own_cpu=None, interval_s: float = 1.0) -> float | None:
+async def wait_for_quiet(
+    max_other_cores: float, max_wait_s: float, own_cpu=None, interval_s: float = 1.0
+) -> float | None:
     """Wait (at most `max_wait_s`) until processes other than this one and `own_cpu`'s keep
     no more than `max_other_cores` busy; returns the last reading (None without /proc/stat).
 

@@ -16,13 +16,14 @@
    server goes first; reported figures are medians over rounds.
 Writes <output-dir>/OVERLOAD.md and overload.json (the report: loadtest/overload_report.py).
 """
+
 from __future__ import annotations
 
 import asyncio
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -67,8 +68,9 @@ def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else math.nan
 
 
-def recovery_seconds(due_s: np.ndarray, latency_ms: np.ndarray, ok: np.ndarray, budget_ms: float,
-                     window_s: float = RECOVERY_WINDOW_S) -> float | None:
+def recovery_seconds(
+    due_s: np.ndarray, latency_ms: np.ndarray, ok: np.ndarray, budget_ms: float, window_s: float = RECOVERY_WINDOW_S
+) -> float | None:
     """Seconds from the step's start until the p95 of answered requests stays under the
     budget: the start of the first `window_s` window after which no window's p95 exceeds it
     and no window went unanswered (a server refusing everything has not recovered). None
@@ -98,20 +100,30 @@ def summarize(name: str, samples: Samples, budget_ms: float, recovery: bool = Fa
     goodput = int((ok & (lat <= budget_ms)).sum())
     server = samples.server_cpu_s
     return StepFigures(
-        name=name, rate=samples.rate, sent=sent, goodput_rps=goodput / samples.duration_s,
-        answered=int(ok.sum()), refused=int(refused.sum()), other_errors=int(sent - ok.sum() - refused.sum()),
+        name=name,
+        rate=samples.rate,
+        sent=sent,
+        goodput_rps=goodput / samples.duration_s,
+        answered=int(ok.sum()),
+        refused=int(refused.sum()),
+        other_errors=int(sent - ok.sum() - refused.sum()),
         refused_share=float(refused.sum() / sent) if sent else 0.0,
-        refusal_p50_ms=_pct(lat[refused], 50), refusal_p99_ms=_pct(lat[refused], 99),
-        answered_p50_ms=_pct(lat[ok], 50), answered_p95_ms=_pct(lat[ok], 95), answered_p99_ms=_pct(lat[ok], 99),
+        refusal_p50_ms=_pct(lat[refused], 50),
+        refusal_p99_ms=_pct(lat[refused], 99),
+        answered_p50_ms=_pct(lat[ok], 50),
+        answered_p95_ms=_pct(lat[ok], 95),
+        answered_p99_ms=_pct(lat[ok], 99),
         recovery_s=recovery_seconds(samples.due_s, lat, ok, budget_ms) if recovery else None,
         server_cpu_cores=server / samples.wall_s if server is not None else None,
         server_cpu_ms_per_request=server / sent * 1000.0 if server is not None and sent else None,
-        client_cpu_cores=samples.client_cpu_s / samples.wall_s, error_kinds=samples.error_kinds(),
+        client_cpu_cores=samples.client_cpu_s / samples.wall_s,
+        error_kinds=samples.error_kinds(),
     )
 
 
-def cpu_per_refusal_ms(base_answered: int, base_loop_cpu_s: float, answered: int, refused: int,
-                       loop_cpu_s: float) -> float | None:
+def cpu_per_refusal_ms(
+    base_answered: int, base_loop_cpu_s: float, answered: int, refused: int, loop_cpu_s: float
+) -> float | None:
     """The server's CPU per refusal in a step, from its event-loop thread, where a refusal runs
     whole (it is refused before tokenizing): the loop's CPU less each answer's loop CPU as
     measured in a step without refusals (`base_*`), over the refusals."""
@@ -156,25 +168,56 @@ def split_samples(samples: Samples, boundary_s: float, mark: dict, server_cpu0: 
     first = samples.due_s < boundary_s
     rest = ~first
 
-    def part(keep: np.ndarray, rate: float, duration: float, wall: float, client: float, server: float | None,
-             offset: float) -> Samples:
+    def part(
+        keep: np.ndarray, rate: float, duration: float, wall: float, client: float, server: float | None, offset: float
+    ) -> Samples:
         idx = np.flatnonzero(keep)
-        return Samples(rate=rate, duration_s=duration, due_s=samples.due_s[idx] - offset,
-                       latency_ms=samples.latency_ms[idx], status=[samples.status[i] for i in idx],
-                       send_lag_s=samples.send_lag_s[idx], wall_s=wall, client_cpu_s=client, server_cpu_s=server)
+        return Samples(
+            rate=rate,
+            duration_s=duration,
+            due_s=samples.due_s[idx] - offset,
+            latency_ms=samples.latency_ms[idx],
+            status=[samples.status[i] for i in idx],
+            send_lag_s=samples.send_lag_s[idx],
+            wall_s=wall,
+            client_cpu_s=client,
+            server_cpu_s=server,
+        )
 
     server_total = samples.server_cpu_s
     server_at = mark["server_cpu_s"] - server_cpu0
     n_first, n_rest = int(first.sum()), int(rest.sum())
-    return (part(first, n_first / boundary_s if boundary_s else 0.0, boundary_s, mark["wall_s"], mark["client_cpu_s"],
-                 server_at, 0.0),
-            part(rest, n_rest / max(samples.duration_s - boundary_s, 1e-9), samples.duration_s - boundary_s,
-                 samples.wall_s - mark["wall_s"], samples.client_cpu_s - mark["client_cpu_s"],
-                 None if server_total is None else server_total - server_at, boundary_s))
+    return (
+        part(
+            first,
+            n_first / boundary_s if boundary_s else 0.0,
+            boundary_s,
+            mark["wall_s"],
+            mark["client_cpu_s"],
+            server_at,
+            0.0,
+        ),
+        part(
+            rest,
+            n_rest / max(samples.duration_s - boundary_s, 1e-9),
+            samples.duration_s - boundary_s,
+            samples.wall_s - mark["wall_s"],
+            samples.client_cpu_s - mark["client_cpu_s"],
+            None if server_total is None else server_total - server_at,
+            boundary_s,
+        ),
+    )
 
 
-async def overload_round(proc: ServedProcess, bodies: Sequence[bytes], capacity_rps: float, step_s: float,
-                         budget_ms: float, timeout_s: float, seed: int) -> list[dict]:
+async def overload_round(
+    proc: ServedProcess,
+    bodies: Sequence[bytes],
+    capacity_rps: float,
+    step_s: float,
+    budget_ms: float,
+    timeout_s: float,
+    seed: int,
+) -> list[dict]:
     """The five steps against one served process, back to back; the 5x burst and the recovery
     step after it are one schedule (the rate drops at the boundary, with no pause for the
     burst's answers), split by when each request was due."""
@@ -191,13 +234,23 @@ async def overload_round(proc: ServedProcess, bodies: Sequence[bytes], capacity_
             loop0, server0 = proc.main_thread_cpu_seconds(), proc.cpu_seconds()
             rejected0 = rejected_counts(proc.get_text("/metrics"))
             samples = await open_loop_samples(
-                start, len(requests), multiple * capacity_rps, step_s, seed=seed + k, server_cpu=proc.cpu_seconds,
-                status_of=http_status, stretch=False, then=then,
-                mark=lambda: {"server_cpu_s": proc.cpu_seconds(), "loop_cpu_s": proc.main_thread_cpu_seconds()})
+                start,
+                len(requests),
+                multiple * capacity_rps,
+                step_s,
+                seed=seed + k,
+                server_cpu=proc.cpu_seconds,
+                status_of=http_status,
+                stretch=False,
+                then=then,
+                mark=lambda: {"server_cpu_s": proc.cpu_seconds(), "loop_cpu_s": proc.main_thread_cpu_seconds()},
+            )
             loop_total = proc.main_thread_cpu_seconds() - loop0
             rejected1 = rejected_counts(proc.get_text("/metrics"))
-            reasons = {r: rejected1.get(r, 0.0) - rejected0.get(r, 0.0) for r in ("overloaded", "shed", "queue_full",
-                                                                                 "deadline")}
+            reasons = {
+                r: rejected1.get(r, 0.0) - rejected0.get(r, 0.0)
+                for r in ("overloaded", "shed", "queue_full", "deadline")
+            }
             if joined:
                 [mark] = samples.marks
                 parts = list(zip((STEPS[k], STEPS[k + 1]), split_samples(samples, step_s, mark, server0)))
@@ -206,21 +259,28 @@ async def overload_round(proc: ServedProcess, bodies: Sequence[bytes], capacity_
                 parts, loops = [(STEPS[k], samples)], [loop_total]
             for ((step_name, _), part), loop_cpu in zip(parts, loops):
                 figures = summarize(step_name, part, budget_ms, recovery=step_name.startswith("recovery"))
-                entry = {**figures.to_dict(), "loop_cpu_cores": loop_cpu / part.wall_s if part.wall_s else None,
-                         # Refused at the door (overloaded), dropped from the queue unrun (shed), queue full;
-                         # for a burst and its recovery together, counted over both.
-                         "refused_by_reason": reasons}
+                entry = {
+                    **figures.to_dict(),
+                    "loop_cpu_cores": loop_cpu / part.wall_s if part.wall_s else None,
+                    # Refused at the door (overloaded), dropped from the queue unrun (shed), queue full;
+                    # for a burst and its recovery together, counted over both.
+                    "refused_by_reason": reasons,
+                }
                 if k == 0 and not figures.refused:
                     base = (figures.answered, loop_cpu)
                 elif base is not None:
-                    entry["server_cpu_ms_per_refusal"] = cpu_per_refusal_ms(*base, figures.answered, figures.refused,
-                                                                            loop_cpu)
-                print(f"  [{step_name}] rate {figures.rate:.1f}/s: goodput {figures.goodput_rps:.1f}/s, refused "
-                      f"{figures.refused_share:.1%} (p50 {figures.refusal_p50_ms:.1f} / p99 {figures.refusal_p99_ms:.1f}"
-                      f" ms), answered p50/p95/p99 {figures.answered_p50_ms:.0f}/{figures.answered_p95_ms:.0f}/"
-                      f"{figures.answered_p99_ms:.0f} ms, other errors {figures.other_errors}"
-                      + (f", recovered after {figures.recovery_s} s" if step_name.startswith("recovery") else "")
-                      + f"; server: {', '.join(f'{r} {v:.0f}' for r, v in reasons.items())}", flush=True)
+                    entry["server_cpu_ms_per_refusal"] = cpu_per_refusal_ms(
+                        *base, figures.answered, figures.refused, loop_cpu
+                    )
+                print(
+                    f"  [{step_name}] rate {figures.rate:.1f}/s: goodput {figures.goodput_rps:.1f}/s, refused "
+                    f"{figures.refused_share:.1%} (p50 {figures.refusal_p50_ms:.1f} / p99 {figures.refusal_p99_ms:.1f}"
+                    f" ms), answered p50/p95/p99 {figures.answered_p50_ms:.0f}/{figures.answered_p95_ms:.0f}/"
+                    f"{figures.answered_p99_ms:.0f} ms, other errors {figures.other_errors}"
+                    + (f", recovered after {figures.recovery_s} s" if step_name.startswith("recovery") else "")
+                    + f"; server: {', '.join(f'{r} {v:.0f}' for r, v in reasons.items())}",
+                    flush=True,
+                )
                 out.append(entry)
             k += len(parts)
     return out
@@ -236,13 +296,17 @@ def run_overload(config, cmd: list[str], bodies: list[bytes], search_capacity) -
     # The same search for both: the budget-on one starts from the budget-off probe's throughput (a
     # closed-loop probe of a server that refuses measures its refusals' pace, not its capacity).
     capacities = {"budget_off": search_capacity("capacity budget_off", commands["budget_off"])}
-    capacities["budget_on"] = search_capacity("capacity budget_on", commands["budget_on"],
-                                              capacities["budget_off"]["closed_loop_rps"])
+    capacities["budget_on"] = search_capacity(
+        "capacity budget_on", commands["budget_on"], capacities["budget_off"]["closed_loop_rps"]
+    )
     yardstick = capacities["budget_off"]["capacity_rps"]
     if not yardstick:
         raise RuntimeError("the budget-off server met the SLA at no rate; no overload steps to run")
-    print(f"[overload] capacity: budget off {yardstick:.1f} req/s, budget on "
-          f"{capacities['budget_on']['capacity_rps']:.1f} req/s; steps are multiples of {yardstick:.1f}", flush=True)
+    print(
+        f"[overload] capacity: budget off {yardstick:.1f} req/s, budget on "
+        f"{capacities['budget_on']['capacity_rps']:.1f} req/s; steps are multiples of {yardstick:.1f}",
+        flush=True,
+    )
     rounds: dict[str, list[list[dict]]] = {name: [] for name, _ in VARIANTS}
     cpus = parse_cpus(config.server_cpus)
     for r in range(config.rounds):
@@ -250,13 +314,26 @@ def run_overload(config, cmd: list[str], bodies: list[bytes], search_capacity) -
         for name in order:
             print(f"[overload] round {r + 1}/{config.rounds}: {name}", flush=True)
             with ServedProcess(commands[name], config.log_dir / f"overload_{name}_{r}.log", cpus=cpus) as proc:
-                steps = asyncio.run(overload_round(proc, bodies, yardstick, config.overload_step_s, budget_ms,
-                                                   config.timeout_s, config.seed + 100 * r))
+                steps = asyncio.run(
+                    overload_round(
+                        proc,
+                        bodies,
+                        yardstick,
+                        config.overload_step_s,
+                        budget_ms,
+                        config.timeout_s,
+                        config.seed + 100 * r,
+                    )
+                )
             rounds[name].append(steps)
     return {
-        "budget_ms": budget_ms, "step_s": config.overload_step_s, "capacity_rps": yardstick,
-        "capacity": {name: {k: v for k, v in result.items() if k not in ("steps",)} | {"steps": result.get("steps", [])}
-                     for name, result in capacities.items()},
+        "budget_ms": budget_ms,
+        "step_s": config.overload_step_s,
+        "capacity_rps": yardstick,
+        "capacity": {
+            name: {k: v for k, v in result.items() if k not in ("steps",)} | {"steps": result.get("steps", [])}
+            for name, result in capacities.items()
+        },
         "commands": {name: commands[name] for name in commands},
         "rounds": rounds,
         "median": {name: median_steps(rounds[name]) for name in rounds},

@@ -4,6 +4,7 @@ The section sits between two markers, so the capacity benchmark (loadtest/bench_
 which rewrites BENCHMARKS.md, carries it over, and a new overload run replaces only it.
 Every number is read from the results the benchmark measured.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,15 @@ from pathlib import Path
 BEGIN, END = "<!-- overload:begin -->", "<!-- overload:end -->"
 # CPU per refusal is a difference of two CPU figures over the refusals: shown only over enough of them.
 MIN_REFUSALS = 100
-TARGETS = {"goodput_1.5x_2x": 0.85, "goodput_5x": 0.60, "refusal_p99_ms": 20.0, "refused_at_0.8x": 0.001,
-           "recovery_s": 5.0, "capacity_drop": 0.03, "cpu_per_refusal_ms": 0.3}
+TARGETS = {
+    "goodput_1.5x_2x": 0.85,
+    "goodput_5x": 0.60,
+    "refusal_p99_ms": 20.0,
+    "refused_at_0.8x": 0.001,
+    "recovery_s": 5.0,
+    "capacity_drop": 0.03,
+    "cpu_per_refusal_ms": 0.3,
+}
 
 
 def check_targets(results: dict) -> dict:
@@ -33,19 +41,31 @@ def check_targets(results: dict) -> dict:
     worst_p95 = max((s["answered_p95_ms"] for s in overload if s["answered_p95_ms"] is not None), default=None)
     add("answered_p95_ms", worst_p95, budget, None if worst_p95 is None else worst_p95 <= budget)
     worst_refusal = max((s["refusal_p99_ms"] for s in steps.values() if s["refusal_p99_ms"] is not None), default=None)
-    add("refusal_p99_ms", worst_refusal, TARGETS["refusal_p99_ms"],
-        None if worst_refusal is None else worst_refusal <= TARGETS["refusal_p99_ms"])
+    add(
+        "refusal_p99_ms",
+        worst_refusal,
+        TARGETS["refusal_p99_ms"],
+        None if worst_refusal is None else worst_refusal <= TARGETS["refusal_p99_ms"],
+    )
     low = steps.get("0.8x", {}).get("refused_share")
     add("refused_at_0.8x", low, TARGETS["refused_at_0.8x"], None if low is None else low <= TARGETS["refused_at_0.8x"])
     rounds = results["rounds"]["budget_on"]
     recoveries = [r[-1]["recovery_s"] for r in rounds]
     worst = None if any(v is None for v in recoveries) else max(recoveries, default=None)
     # A round that never recovered within its step fails the target; it is not "n/a".
-    add("recovery_s", worst, TARGETS["recovery_s"], bool(recoveries) and worst is not None
-        and worst <= TARGETS["recovery_s"])
+    add(
+        "recovery_s",
+        worst,
+        TARGETS["recovery_s"],
+        bool(recoveries) and worst is not None and worst <= TARGETS["recovery_s"],
+    )
     per_refusal = steps.get("5x", {}).get("server_cpu_ms_per_refusal")
-    add("cpu_per_refusal_ms", per_refusal, TARGETS["cpu_per_refusal_ms"],
-        None if per_refusal is None else per_refusal <= TARGETS["cpu_per_refusal_ms"])
+    add(
+        "cpu_per_refusal_ms",
+        per_refusal,
+        TARGETS["cpu_per_refusal_ms"],
+        None if per_refusal is None else per_refusal <= TARGETS["cpu_per_refusal_ms"],
+    )
     on, off = (results["capacity"][k]["capacity_rps"] for k in ("budget_on", "budget_off"))
     drop = 1 - on / off if off else None
     add("capacity_drop", drop, TARGETS["capacity_drop"], None if drop is None else drop <= TARGETS["capacity_drop"])
@@ -95,9 +115,15 @@ def render_section(results: dict) -> str:
                 f"{_f(s['answered_p50_ms'], '.0f')} / {_f(s['answered_p95_ms'], '.0f')} / "
                 f"{_f(s['answered_p99_ms'], '.0f')} | {_f(s['other_errors'], '.0f')} | {_f(s['server_cpu_cores'], '.2f')} "
                 f"({_f(s.get('loop_cpu_cores'), '.2f')}) | "
-                f"{_f(per_refusal, '.2f')} | {_f(s['client_cpu_cores'], '.2f')} | {recovery} |")
-    lines += ["", "Targets (budget-on server, medians over rounds):", "",
-              "| target | measured | goal | met |", "| --- | --- | --- | --- |"]
+                f"{_f(per_refusal, '.2f')} | {_f(s['client_cpu_cores'], '.2f')} | {recovery} |"
+            )
+    lines += [
+        "",
+        "Targets (budget-on server, medians over rounds):",
+        "",
+        "| target | measured | goal | met |",
+        "| --- | --- | --- | --- |",
+    ]
     names = {
         "goodput_1.5x": ("goodput at 1.5x, share of capacity", ".0%", ">= "),
         "goodput_2x": ("goodput at 2x, share of capacity", ".0%", ">= "),
@@ -106,16 +132,25 @@ def render_section(results: dict) -> str:
         "refusal_p99_ms": ("worst refusal p99, ms", ".1f", "<= "),
         "refused_at_0.8x": ("refused at 0.8x", ".2%", "<= "),
         "recovery_s": ("seconds until p95 is back under budget after 5x (worst round)", ".0f", "<= "),
-        "cpu_per_refusal_ms": ("server CPU per refusal at 5x, ms (the event loop's CPU, less each answer's as "
-                               "measured at 0.8x, over the refusals)", ".2f", "<= "),
+        "cpu_per_refusal_ms": (
+            "server CPU per refusal at 5x, ms (the event loop's CPU, less each answer's as "
+            "measured at 0.8x, over the refusals)",
+            ".2f",
+            "<= ",
+        ),
         "capacity_drop": ("capacity search, budget on against off (drop)", ".1%", "<= "),
     }
     for key, (label, fmt, sign) in names.items():
         t = targets[key]
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {label} | {_f(t['value'], fmt)} | {sign}{_f(t['target'], fmt)} | {met} |")
-    lines += ["", f"Server CPU per refusal is shown for steps with at least {MIN_REFUSALS} refusals. Per-round figures "
-              "and every step of both capacity searches are in overload.json.", END, ""]
+    lines += [
+        "",
+        f"Server CPU per refusal is shown for steps with at least {MIN_REFUSALS} refusals. Per-round figures "
+        "and every step of both capacity searches are in overload.json.",
+        END,
+        "",
+    ]
     return "\n".join(lines)
 
 

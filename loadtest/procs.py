@@ -1,5 +1,6 @@
 """A server under test as a subprocess: free loopback port, optional CPU pinning, readiness
 wait, CPU accounting, and a clean stop (SIGTERM, then kill)."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,12 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def parse_cpus(text: str) -> set[int]:
-    """"0,1" or "0-3" -> a CPU set ("" -> empty: no pinning)."""
+    """ "0,1" or "0-3" -> a CPU set ("" -> empty: no pinning)."""
     cpus: set[int] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         try:
@@ -36,8 +37,15 @@ class ServedProcess:
     """`cmd` plus `--port P` (a free one unless given), started on enter, ready when GET
     /readyz on `host` answers 200."""
 
-    def __init__(self, cmd: Sequence[str], log_path: Path, cpus: set[int] | None = None,
-                 ready_timeout_s: float = 180.0, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        log_path: Path,
+        cpus: set[int] | None = None,
+        ready_timeout_s: float = 180.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.cmd = [*cmd, "--port", str(self.port)]
@@ -48,10 +56,10 @@ class ServedProcess:
         self.ready_s = 0.0  # seconds from start to ready
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "ServedProcess":
+    def __enter__(self) -> ServedProcess:
         return self.start()
 
-    def start(self) -> "ServedProcess":
+    def start(self) -> ServedProcess:
         """Start the process and wait until /readyz answers 200 (stopped again if it never does).
         `with ServedProcess(...)` stops it on leaving; a caller that must outlive one block calls
         start() and stop() itself."""
@@ -81,8 +89,10 @@ class ServedProcess:
         deadline = start + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.cmd[2]} exited with status {self.proc.returncode} before it was ready: "
-                                   f"{self._log_tail()} (log: {self.log_path})")
+                raise RuntimeError(
+                    f"{self.cmd[2]} exited with status {self.proc.returncode} before it was ready: "
+                    f"{self._log_tail()} (log: {self.log_path})"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=2) as resp:
                     if resp.status == 200:

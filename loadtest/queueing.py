@@ -9,10 +9,11 @@ overhead of any kind - and finds the highest share of the ceiling at which its p
 the limit. A real server's ratio to the ceiling is below this bound; the gap between the
 two is what the server's own costs lose.
 """
+
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,18 +41,24 @@ def _fifo_latencies(times: np.ndarray, work: np.ndarray, workers: int) -> np.nda
     return latency
 
 
-def fifo_p95_ms(service_s: np.ndarray, workers: int, rate: float, arrivals: int = 40_000,
-                seed: int = 0) -> float:
+def fifo_p95_ms(service_s: np.ndarray, workers: int, rate: float, arrivals: int = 40_000, seed: int = 0) -> float:
     """p95 latency (queue wait + service), ms, of `workers` FIFO workers under Poisson
     arrivals at `rate`/s, each arrival drawing its service time from `service_s`."""
     rng = np.random.default_rng(seed)
     times = np.cumsum(rng.exponential(1.0 / rate, arrivals))
     latency = _fifo_latencies(times, service_s[rng.integers(0, len(service_s), arrivals)], workers)
-    return float(np.percentile(latency[arrivals // 20:], 95) * 1000.0)  # the first 5%: warm-up
+    return float(np.percentile(latency[arrivals // 20 :], 95) * 1000.0)  # the first 5%: warm-up
 
 
-def bound_fraction(tokens: Sequence[int], ceiling_texts_per_s: float, workers: int, p95_limit_ms: float,
-                   tolerance: float = 0.005, arrivals: int = 40_000, seed: int = 0) -> float:
+def bound_fraction(
+    tokens: Sequence[int],
+    ceiling_texts_per_s: float,
+    workers: int,
+    p95_limit_ms: float,
+    tolerance: float = 0.005,
+    arrivals: int = 40_000,
+    seed: int = 0,
+) -> float:
     """Highest load, as a share of the ceiling, at which the ideal server's p95 meets
     `p95_limit_ms` (bisection; 0.0 when even light load misses it)."""
     service = service_times(tokens, ceiling_texts_per_s, workers)
@@ -68,9 +75,17 @@ def bound_fraction(tokens: Sequence[int], ceiling_texts_per_s: float, workers: i
     return lo
 
 
-def searched_fractions(tokens: Sequence[int], ceiling_texts_per_s: float, workers: int, p95_limit_ms: float,
-                       start_rate: float, step_s: float, max_steps: int, searches: int = 40,
-                       seed: int = 0) -> list[float]:
+def searched_fractions(
+    tokens: Sequence[int],
+    ceiling_texts_per_s: float,
+    workers: int,
+    p95_limit_ms: float,
+    start_rate: float,
+    step_s: float,
+    max_steps: int,
+    searches: int = 40,
+    seed: int = 0,
+) -> list[float]:
     """The ideal server measured the way the benchmark measures a real one: each search runs
     open-loop steps exactly as `loadtest.bench` does (Poisson arrivals for `step_duration`
     seconds, an empty queue at the start, p95 over all of the step's requests; the same

@@ -7,6 +7,7 @@ per-endpoint rows are reported alongside. The statistics come from the locustfil
 (exact below 100 ms, to 10 ms up to 1 s, to 100 ms up to 10 s), so its percentiles
 carry that resolution.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,9 +94,15 @@ def read_summary(path: str | Path) -> tuple[list[EndpointStats], EndpointStats]:
     rows, total = [], None
     for item in json.loads(Path(path).read_text()):
         entry = EndpointStats(
-            name=item["name"], method=item["method"], requests=int(item["requests"]), failures=int(item["failures"]),
-            rps=float(item["rps"]), p50_ms=_num(item["p50_ms"]), p95_ms=_num(item["p95_ms"]),
-            p99_ms=_num(item["p99_ms"]), max_ms=_num(item["max_ms"]),
+            name=item["name"],
+            method=item["method"],
+            requests=int(item["requests"]),
+            failures=int(item["failures"]),
+            rps=float(item["rps"]),
+            p50_ms=_num(item["p50_ms"]),
+            p95_ms=_num(item["p95_ms"]),
+            p99_ms=_num(item["p99_ms"]),
+            max_ms=_num(item["max_ms"]),
         )
         if entry.name == AGGREGATED and not entry.method:
             total = entry

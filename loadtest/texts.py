@@ -7,6 +7,7 @@ distribution: word counts log-normal with median ~170 and mean ~230 words, clipp
 [10, 2500] (measured on the IMDB test split: median 172, mean 229, p95 582, max 2278),
 built from movie-review vocabulary with `<br /><br />` paragraph breaks.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,16 @@ SIGMA = 0.74  # log-space spread fitted to the IMDB test split's p50/p95
 MIN_WORDS, MAX_WORDS = 10, 2500
 
 _OPENERS = [
-    "I watched this movie last night", "This film", "The plot", "The acting", "Honestly the director",
-    "My wife and I saw this", "The first half", "The ending", "The cast", "The soundtrack",
+    "I watched this movie last night",
+    "This film",
+    "The plot",
+    "The acting",
+    "Honestly the director",
+    "My wife and I saw this",
+    "The first half",
+    "The ending",
+    "The cast",
+    "The soundtrack",
 ]
 _WORDS = (
     "the a an and but or so because while although movie film story plot scene scenes actor actress "

@@ -11,13 +11,14 @@ also reports the torch version, threads and device). Texts are preprocessed by t
 `TextEncoder` (cleaning, truncation) as the server, so the comparison measures the serving
 design, not a tokenization difference. This module imports torch: it is never part of the server.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -51,8 +52,12 @@ class TorchClassifier:
         id2label = self.model.config.id2label
         self.labels = [id2label[i] for i in sorted(id2label)]
         self.uses_token_types = self.model.config.model_type in ("bert", "roberta", "xlm-roberta", "electra")
-        self.info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device),
-                     "max_length": truncation.max_length}
+        self.info = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(self.device),
+            "max_length": truncation.max_length,
+        }
 
     def predict(self, text: str) -> dict:
         (ids,) = self.encoder.encode_batch([text])
@@ -63,8 +68,7 @@ class TorchClassifier:
         with self.torch.inference_mode():
             probs = self.torch.softmax(self.model(**feed).logits[0].float(), dim=-1).cpu().tolist()
         best = max(range(len(probs)), key=probs.__getitem__)
-        return {"label": self.labels[best], "score": probs[best],
-                "probabilities": dict(zip(self.labels, probs))}
+        return {"label": self.labels[best], "score": probs[best], "probabilities": dict(zip(self.labels, probs))}
 
 
 def make_handler(model: TorchClassifier) -> type[BaseHTTPRequestHandler]:

@@ -3,6 +3,7 @@
 Shutdown order: readiness goes 503 and new predictions are refused (503 shutting_down),
 every accepted request is answered, then the listener closes; all within --drain-timeout-s.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,20 +13,20 @@ import os
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
-import asyncio  # noqa: E402
-import logging  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from typing import Sequence  # noqa: E402
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
 
-import orjson  # noqa: E402
-from aiohttp import web  # noqa: E402
+import orjson
+from aiohttp import web
 
-from server.app import begin_drain, create_app, wait_drained  # noqa: E402
-from server.config import ServerConfig, parse_config  # noqa: E402
-from core.modeldir import ModelDirError  # noqa: E402
-from server.model import load_model  # noqa: E402
+from core.modeldir import ModelDirError
+from server.app import begin_drain, create_app, wait_drained
+from server.config import ServerConfig, parse_config
+from server.model import load_model
 
 log = logging.getLogger("server")
 

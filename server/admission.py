@@ -26,12 +26,13 @@ The SLA is a p95, and refusals count against its 1% error budget, so the rule ha
 Everything here is a pure function of numbers or a small single-threaded tracker, so the rule
 is tested without an event loop (tests/server/test_admission.py).
 """
+
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from server.costmodel import Line
 
@@ -47,8 +48,9 @@ class Backlog:
     tokenizing_texts: int = 0
 
 
-def estimated_batches(small_texts: int, small_tokens: int, big_texts: int, max_batch_size: int,
-                      max_batch_tokens: int) -> float:
+def estimated_batches(
+    small_texts: int, small_tokens: int, big_texts: int, max_batch_size: int, max_batch_tokens: int
+) -> float:
     """How many batches queued texts will make: a big text (over half the token budget) runs
     alone, since no second text of its width fits; the small ones fill batches up to the size
     and token limits."""
@@ -77,8 +79,14 @@ def own_seconds(token_counts: Sequence[int], line: Line, workers: int) -> float:
 ADMIT, ADMIT_LATE, REFUSE = "admit", "admit_late", "refuse"
 
 
-def decide(elapsed_s: float, wait_s: float, own_s: float, threshold_s: float, late_limit_s: float = 0.0,
-           late_allowed: bool = False) -> str:
+def decide(
+    elapsed_s: float,
+    wait_s: float,
+    own_s: float,
+    threshold_s: float,
+    late_limit_s: float = 0.0,
+    late_allowed: bool = False,
+) -> str:
     """ADMIT a request predicted to finish within `threshold_s`; ADMIT_LATE one predicted to
     finish within `late_limit_s` while the late allowance lasts; otherwise REFUSE.
 
@@ -165,9 +173,18 @@ class ThresholdController:
     seen for `horizon_s`, so a threshold that refused everything cannot stay stuck.
     """
 
-    def __init__(self, budget_s: float, quantile: float = 0.95, target: float = 0.8, low: float = 0.5,
-                 high: float = 0.85, window: int = 64, every: int = 8, rise: float = 1.2,
-                 horizon_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        budget_s: float,
+        quantile: float = 0.95,
+        target: float = 0.8,
+        low: float = 0.5,
+        high: float = 0.85,
+        window: int = 64,
+        every: int = 8,
+        rise: float = 1.2,
+        horizon_s: float = 5.0,
+    ) -> None:
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
         if not 0.0 < low <= high:
@@ -196,8 +213,14 @@ class ThresholdController:
         if self._since >= self.every:
             self._since = 0
             measured = quantile_of(self._latencies, self.quantile) if tighten else 0.0
-            self._threshold = steer(self._threshold, measured, self.target * self.budget_s,
-                                    self.low * self.budget_s, self.high * self.budget_s, self.rise)
+            self._threshold = steer(
+                self._threshold,
+                measured,
+                self.target * self.budget_s,
+                self.low * self.budget_s,
+                self.high * self.budget_s,
+                self.rise,
+            )
 
 
 def steer(threshold: float, measured: float, goal: float, lowest: float, highest: float, rise: float) -> float:

@@ -1,4 +1,5 @@
 """The application factory: explicit dependencies in, a configured aiohttp app out."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +9,8 @@ from aiohttp import web
 
 from server import handlers
 from server.config import ServerConfig
-from server.errors import error_middleware
 from server.encoder import Encoder
+from server.errors import error_middleware
 from server.inference import InferenceService, startup_timings
 from server.metrics import Metrics
 from server.model import ServedModel, load_model
@@ -20,14 +21,16 @@ from server.state import BATCHER, CONFIG, METRICS, MODEL, SERVICE, STATE, Server
 log = logging.getLogger("server.app")
 
 
-def create_app(config: ServerConfig, runner: Runner | None = None, metrics: Metrics | None = None,
-               encoder: Encoder | None = None) -> web.Application:
+def create_app(
+    config: ServerConfig, runner: Runner | None = None, metrics: Metrics | None = None, encoder: Encoder | None = None
+) -> web.Application:
     """With no `runner`, the model directory `config.model_dir` is loaded at start-up; a given
     runner (a test's fake, or one loaded before the port opened) comes with its encoder."""
     if (runner is None) != (encoder is None):
         raise TypeError("create_app: give both runner and encoder, or neither")
-    app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[handlers.observe_middleware, error_middleware])
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[handlers.observe_middleware, error_middleware]
+    )
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics()
     app[STATE] = ServerState()
@@ -57,8 +60,12 @@ async def _model_ctx(app: web.Application):
     app[SERVICE] = service
     app[BATCHER] = service.batcher
     await service.start()
-    log.info("model %s %s ready (%s)", runner.info["model_name"], runner.info["model_version"],
-             runner.info.get("quantization"))
+    log.info(
+        "model %s %s ready (%s)",
+        runner.info["model_name"],
+        runner.info["model_version"],
+        runner.info.get("quantization"),
+    )
     state.ready = True
     yield
     state.ready = False

@@ -4,26 +4,27 @@ INPUT and OUTPUT are .csv or .parquet; INPUT needs a `text` column. OUTPUT is IN
 `label`, `score` and one `prob_<label>` column per label, rows in input order. Uses the
 server's inference layer and OnnxRunner, so offline and online answers agree.
 """
+
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from core import cli  # noqa: E402
-from core.cli import opt  # noqa: E402
-from core.modeldir import ModelDirError  # noqa: E402
-from server.config import ServerConfig  # noqa: E402
-from server.inference import InferenceService  # noqa: E402
-from server.model import ServedModel, load_model  # noqa: E402
+from core import cli
+from core.cli import opt
+from core.modeldir import ModelDirError
+from server.config import ServerConfig
+from server.inference import InferenceService
+from server.model import ServedModel, load_model
 
 FORMATS = (".csv", ".parquet")
 
@@ -70,8 +71,9 @@ class Progress:
             print(file=sys.stderr)
 
 
-def score_texts(model: ServedModel, texts: Sequence[str], batch_size: int = 32,
-                progress: Progress | None = None) -> np.ndarray:
+def score_texts(
+    model: ServedModel, texts: Sequence[str], batch_size: int = 32, progress: Progress | None = None
+) -> np.ndarray:
     """Probabilities [n, labels] in input order, through the server's inference layer; batches
     of similar length (texts sorted by characters, a close proxy for tokens: less padding)."""
     return asyncio.run(_score(model, texts, batch_size, progress))
@@ -85,9 +87,16 @@ async def _score(model: ServedModel, texts: Sequence[str], batch_size: int, prog
     runner = model.runner
     # One worker with the runner's threads; every chunk is one batch: no latency budget, no
     # deadline, a queue that holds what is in flight.
-    config = ServerConfig(max_batch_size=batch_size, max_batch_tokens=batch_size * runner.max_length,
-                          max_padding_ratio=1.0, max_wait_ms=0, max_queue=batch_size * _IN_FLIGHT,
-                          request_timeout_ms=1e12, latency_budget_ms=0, inference_workers=1)
+    config = ServerConfig(
+        max_batch_size=batch_size,
+        max_batch_tokens=batch_size * runner.max_length,
+        max_padding_ratio=1.0,
+        max_wait_ms=0,
+        max_queue=batch_size * _IN_FLIGHT,
+        request_timeout_ms=1e12,
+        latency_budget_ms=0,
+        inference_workers=1,
+    )
     service = InferenceService(model.encoder, runner, config)
     await service.start()
     probs = np.zeros((len(texts), len(runner.labels)), dtype=np.float32)
@@ -101,7 +110,7 @@ async def _score(model: ServedModel, texts: Sequence[str], batch_size: int, prog
             progress.update(len(idx))
 
     try:
-        await asyncio.gather(*(chunk(order[k:k + batch_size]) for k in range(0, len(order), batch_size)))
+        await asyncio.gather(*(chunk(order[k : k + batch_size]) for k in range(0, len(order), batch_size)))
     finally:
         await service.stop()
     return probs
@@ -143,8 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "text" not in frame.columns:
         return _fail(f"{args.input}: no `text` column (columns: {', '.join(map(str, frame.columns))[:200]})")
     try:
-        model = load_model(ServerConfig(model_dir=args.model_dir, intra_op_threads=args.intra_op_threads,
-                                        inference_workers=1))
+        model = load_model(
+            ServerConfig(model_dir=args.model_dir, intra_op_threads=args.intra_op_threads, inference_workers=1)
+        )
     except ModelDirError as exc:
         return _fail(str(exc))
     texts = frame["text"].fillna("").astype(str).tolist()

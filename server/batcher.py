@@ -25,6 +25,7 @@ For latency-aware admission (server/admission.py) the batcher reports its `backl
 queued and what the workers are running) and feeds every batch's time to the cost model. A
 text may carry a latest start (`shed_at`): still queued then, it is shed (`Shed`), never run.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -153,15 +154,22 @@ def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
             if best is None or waste < best[0]:
                 best = (waste, start)
         if best is not None:
-            return sorted(order[best[1]: best[1] + k])
+            return sorted(order[best[1] : best[1] + k])
     return [0]
 
 
 class MicroBatcher:
     """Owns the queue, the inference worker threads and the deadline watchdog task."""
 
-    def __init__(self, run_batch: RunBatch, limits: BatchLimits, max_queue: int,
-                 metrics: Metrics | None = None, workers: int = 1, cost: BatchCostModel | None = None) -> None:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        limits: BatchLimits,
+        max_queue: int,
+        metrics: Metrics | None = None,
+        workers: int = 1,
+        cost: BatchCostModel | None = None,
+    ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._run_batch = run_batch
@@ -200,13 +208,16 @@ class MicroBatcher:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._watch_deadlines(), name="batcher-deadlines")
-        self._threads = [threading.Thread(target=self._work, args=(k,), name=f"inference_{k}", daemon=True)
-                         for k in range(self.workers)]
+        self._threads = [
+            threading.Thread(target=self._work, args=(k,), name=f"inference_{k}", daemon=True)
+            for k in range(self.workers)
+        ]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, seqs: Sequence[np.ndarray], deadline: float,
-               shed_at: Sequence[float] | None = None) -> list[asyncio.Future]:
+    def submit(
+        self, seqs: Sequence[np.ndarray], deadline: float, shed_at: Sequence[float] | None = None
+    ) -> list[asyncio.Future]:
         """Queue all texts of one request, or none of them (QueueFull) - never a wait.
         `shed_at` (one per text): latest starts, past which a queued text is shed."""
         loop = asyncio.get_running_loop()
@@ -251,7 +262,7 @@ class MicroBatcher:
         while True:
             try:
                 batch = self._take(index)
-            except Exception:  # noqa: BLE001 - a policy bug must not leave every caller hanging
+            except Exception:
                 log.exception("batching error; failing queued texts")
                 with self._cond:
                     failed, self._pending = self._pending, []
@@ -269,7 +280,7 @@ class MicroBatcher:
                 seconds = time.perf_counter() - started
                 if len(probs) != len(batch):
                     raise RuntimeError(f"runner returned {len(probs)} rows for {len(batch)} texts")
-            except Exception as exc:  # noqa: BLE001 - any failure stays inside this batch
+            except Exception as exc:
                 self._running.pop(index, None)
                 log.error("inference batch of %d texts failed: %r", len(batch), exc, exc_info=exc)
                 if self._metrics:
@@ -294,8 +305,12 @@ class MicroBatcher:
                 if not self._pending:
                     self._cond.wait()
                     continue
-                delay = dispatch_delay(len(self._pending), max(e.tokens for e in self._pending),
-                                       now - self._pending[0].arrival, self.limits)
+                delay = dispatch_delay(
+                    len(self._pending),
+                    max(e.tokens for e in self._pending),
+                    now - self._pending[0].arrival,
+                    self.limits,
+                )
                 if delay == 0.0:
                     break
                 self._cond.wait(delay)
@@ -356,8 +371,10 @@ class MicroBatcher:
             return
         self._pending = keep
         self._set_depth()
-        for entries, exc in ((expired, DeadlineExceeded("deadline passed while queued")),
-                             (shed, Shed("could not finish within its latency budget"))):
+        for entries, exc in (
+            (expired, DeadlineExceeded("deadline passed while queued")),
+            (shed, Shed("could not finish within its latency budget")),
+        ):
             if entries:
                 if self._metrics:
                     for entry in entries:

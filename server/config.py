@@ -3,11 +3,12 @@
 Each field `max_batch_size` is the flag `--max-batch-size` and the environment variable
 `SENTIMENT_MAX_BATCH_SIZE`. Precedence: command line, then environment, then the default.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from core import cli
 from core.cli import opt
@@ -19,54 +20,104 @@ HELP_LOG_LEVEL = "log level: " + ", ".join(LOG_LEVELS)
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model_dir: Path = field(default=Path("artifacts/model"), metadata=opt('model directory written by the exporter (model.onnx, tokenizer.json, config.json, export_report.json)'))
-    host: str = field(default="127.0.0.1", metadata=opt('address to listen on'))
-    port: int = field(default=8000, metadata=opt('TCP port to listen on'))
-    max_batch_size: int = field(default=32, metadata=opt('most texts in one inference batch'))
+    model_dir: Path = field(
+        default=Path("artifacts/model"),
+        metadata=opt(
+            "model directory written by the exporter (model.onnx, tokenizer.json, config.json, export_report.json)"
+        ),
+    )
+    host: str = field(default="127.0.0.1", metadata=opt("address to listen on"))
+    port: int = field(default=8000, metadata=opt("TCP port to listen on"))
+    max_batch_size: int = field(default=32, metadata=opt("most texts in one inference batch"))
     # Short: on a CPU a text costs about the same at any batch size, so waiting for company
     # buys no throughput; under load the queue fills the next batch while one runs anyway.
-    max_wait_ms: float = field(default=2.0, metadata=opt('longest a batch waits for more texts after its first text arrived'))
+    max_wait_ms: float = field(
+        default=2.0, metadata=opt("longest a batch waits for more texts after its first text arrived")
+    )
     # 0 = by device: 256 on CPU, 8192 on a GPU (server.inference.batch_limits). On this CPU a token
     # costs no less in a bigger batch, and every text in a batch waits for all of it, so
     # long texts run alone and short ones still share a run. Paired steps against 512 were
     # split (5 of 8 for 256, docs/RESULTS.md): chosen for latency, not a measured win.
     # A GPU needs wide batches.
-    max_batch_tokens: int = field(default=0, metadata=opt('most padded tokens (texts x longest text) in one inference batch (0: 256 on CPU, 8192 on a GPU)'))
+    max_batch_tokens: int = field(
+        default=0,
+        metadata=opt("most padded tokens (texts x longest text) in one inference batch (0: 256 on CPU, 8192 on a GPU)"),
+    )
     # A padded token costs the CPU what a real one does. Measured with 2 inference workers at
     # 55-68 req/s (docs/RESULTS.md): 0.1 against no limit cut server CPU per request 3-10%
     # and p95 in 5 of 6 paired steps.
-    max_padding_ratio: float = field(default=0.1, metadata=opt('most padding a batch of several texts may carry, as a share of its padded tokens (1 = no limit)'))
-    max_queue: int = field(default=256, metadata=opt('most texts waiting for inference; beyond it requests get 503 at once'))
-    request_timeout_ms: float = field(default=1000.0, metadata=opt('deadline per request; texts still queued after it get 504 without inference'))
+    max_padding_ratio: float = field(
+        default=0.1,
+        metadata=opt("most padding a batch of several texts may carry, as a share of its padded tokens (1 = no limit)"),
+    )
+    max_queue: int = field(
+        default=256, metadata=opt("most texts waiting for inference; beyond it requests get 503 at once")
+    )
+    request_timeout_ms: float = field(
+        default=1000.0, metadata=opt("deadline per request; texts still queued after it get 504 without inference")
+    )
     # The SLA (p95 <= 200 ms). Admission predicts each request's finish from the batches'
     # fitted cost and the work ahead of it (server/admission.py), so that under overload the
     # server answers about its capacity in time and refuses the rest at once, instead of
     # queueing everyone for a second (docs/RESULTS.md, overload benchmark).
-    latency_budget_ms: float = field(default=200.0, metadata=opt('latency budget per request: one predicted to finish later is refused at once with 503 overloaded, and queued texts that can no longer meet it are shed unrun (0: off; a request may ask for less with the X-Latency-Budget-Ms header)'))
+    latency_budget_ms: float = field(
+        default=200.0,
+        metadata=opt(
+            "latency budget per request: one predicted to finish later is refused at once with 503 "
+            "overloaded, and queued texts that can no longer meet it are shed unrun "
+            "(0: off; a request may ask for less with the X-Latency-Budget-Ms header)"
+        ),
+    )
     # The longest IMDB review is ~14k characters; beyond this it is not a review.
-    max_text_chars: int = field(default=20_000, metadata=opt('longest accepted text in characters (422 beyond)'))
-    max_texts_per_request: int = field(default=64, metadata=opt('most texts in one {"texts": [...]} request (422 beyond)'))
-    max_body_bytes: int = field(default=2 * 1024 * 1024, metadata=opt('largest accepted request body (413 beyond)'))
-    truncate: bool = field(default=True, metadata=opt("truncate texts longer than the model's max_length (--no-truncate: 422 instead)"))
+    max_text_chars: int = field(default=20_000, metadata=opt("longest accepted text in characters (422 beyond)"))
+    max_texts_per_request: int = field(
+        default=64, metadata=opt('most texts in one {"texts": [...]} request (422 beyond)')
+    )
+    max_body_bytes: int = field(default=2 * 1024 * 1024, metadata=opt("largest accepted request body (413 beyond)"))
+    truncate: bool = field(
+        default=True, metadata=opt("truncate texts longer than the model's max_length (--no-truncate: 422 instead)")
+    )
     # 0 = physical cores (1 on a GPU), like TorchServe's workers per model or Triton's
     # instance count. On the 2-core box, 2 workers x 1 thread did 15-20% more texts/s than
     # 1 worker x 2 threads in the tight loop, and lifted open-loop capacity (docs/BENCHMARKS.md).
-    inference_workers: int = field(default=0, metadata=opt('inference threads, each running one batch at a time; 0 = physical cores (1 on a GPU)'))
+    inference_workers: int = field(
+        default=0, metadata=opt("inference threads, each running one batch at a time; 0 = physical cores (1 on a GPU)")
+    )
     # 0 = physical cores / inference workers. The tokenizer gets one thread of its own: it
     # is a few percent of the work (~1 ms per review against ~20 ms of inference).
-    intra_op_threads: int = field(default=0, metadata=opt('ONNX Runtime threads per batch; 0 = physical cores / inference workers (at least 1)'))
-    inter_op_threads: int = field(default=1, metadata=opt('ONNX Runtime inter-op threads (graph is sequential: 1 is enough)'))
+    intra_op_threads: int = field(
+        default=0, metadata=opt("ONNX Runtime threads per batch; 0 = physical cores / inference workers (at least 1)")
+    )
+    inter_op_threads: int = field(
+        default=1, metadata=opt("ONNX Runtime inter-op threads (graph is sequential: 1 is enough)")
+    )
     # 0 = by device (server.runner): a GPU's first run of a shape is ~40x slower than later ones,
     # while on CPU a padded token costs what a real one does, so buckets only pay on a GPU.
-    shape_bucket: int = field(default=0, metadata=opt("pad each batch's width up to a multiple of this many tokens and its size up to a power of two, and run all such shapes at start-up (0: 32 on a GPU, off on CPU; 1: off)"))
-    drain_timeout_s: float = field(default=10.0, metadata=opt('on SIGTERM/SIGINT, longest wait for accepted requests before exiting'))
+    shape_bucket: int = field(
+        default=0,
+        metadata=opt(
+            "pad each batch's width up to a multiple of this many tokens and its size up to a power of "
+            "two, and run all such shapes at start-up (0: 32 on a GPU, off on CPU; 1: off)"
+        ),
+    )
+    drain_timeout_s: float = field(
+        default=10.0, metadata=opt("on SIGTERM/SIGINT, longest wait for accepted requests before exiting")
+    )
     log_level: str = field(default="info", metadata=opt(HELP_LOG_LEVEL))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
-        positive = ("port", "max_batch_size", "max_queue", "request_timeout_ms",
-                    "max_text_chars", "max_texts_per_request", "max_body_bytes", "inter_op_threads",
-                    "drain_timeout_s")
+        positive = (
+            "port",
+            "max_batch_size",
+            "max_queue",
+            "request_timeout_ms",
+            "max_text_chars",
+            "max_texts_per_request",
+            "max_body_bytes",
+            "inter_op_threads",
+            "drain_timeout_s",
+        )
         for name in ("inference_workers", "max_batch_tokens", "shape_bucket"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -82,8 +133,10 @@ class ServerConfig:
         if self.latency_budget_ms and self.max_wait_ms >= self.latency_budget_ms:
             # Every text may wait out the batching window, so no request with work ahead of it
             # could be predicted in time: admission would refuse nearly everything.
-            raise ValueError(f"--max-wait-ms ({self.max_wait_ms:g}) must be below --latency-budget-ms "
-                             f"({self.latency_budget_ms:g}); set --latency-budget-ms 0 to turn admission off")
+            raise ValueError(
+                f"--max-wait-ms ({self.max_wait_ms:g}) must be below --latency-budget-ms "
+                f"({self.latency_budget_ms:g}); set --latency-budget-ms 0 to turn admission off"
+            )
         if self.port > 65535:
             raise ValueError(f"--port must be <= 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
@@ -98,14 +151,17 @@ def env_name(name: str) -> str:
     return cli.env_name(ENV_PREFIX, name)
 
 
-DESCRIPTION = ("IMDB sentiment inference server (aiohttp + ONNX Runtime, dynamic batching). "
-               f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}MAX_BATCH_SIZE.")
+DESCRIPTION = (
+    "IMDB sentiment inference server (aiohttp + ONNX Runtime, dynamic batching). "
+    f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}MAX_BATCH_SIZE."
+)
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> cli.OneLineParser:
     """Flags from the dataclass fields; defaults from the environment where set."""
-    return cli.build_parser(ServerConfig, prog="python -m server", description=DESCRIPTION,
-                            env_prefix=ENV_PREFIX, env=env)
+    return cli.build_parser(
+        ServerConfig, prog="python -m server", description=DESCRIPTION, env_prefix=ENV_PREFIX, env=env
+    )
 
 
 def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:

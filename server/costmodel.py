@@ -15,12 +15,13 @@ the recent batches are too alike to fix a slope (every text at the 256-token cap
 good line is kept and only rescaled to the recent level, so a run of equal batches cannot
 tilt it. The first line comes from the runner's warm-up, which times a few shapes (`time_batches`).
 """
+
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -92,8 +93,9 @@ def fit(w: float, sx: float, sy: float, sxx: float, sxy: float, previous: Line |
     return Line(mean_y / mean_x if mean_x > 0 else 0.0, 0.0)
 
 
-def time_batches(run: Callable[[list[np.ndarray]], object], shapes: Sequence[tuple[int, int]], pad_id: int = 0,
-                 repeats: int = 3) -> list[tuple[int, float]]:
+def time_batches(
+    run: Callable[[list[np.ndarray]], object], shapes: Sequence[tuple[int, int]], pad_id: int = 0, repeats: int = 3
+) -> list[tuple[int, float]]:
     """(tokens, seconds) of `run` (a runner's predict) on each shape, the fastest of `repeats`
     runs (the others met a busy core). The runner's warm-up calls it, after its first runs."""
     timings = []

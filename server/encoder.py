@@ -4,9 +4,11 @@
 The cleaning and truncation are the trainer's own (core.tokenization): a model served inputs
 prepared differently from its training data would see texts it never saw.
 """
+
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 

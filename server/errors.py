@@ -3,6 +3,7 @@
 Anything that is not an ApiError becomes a 500 with a generic message; the trace goes to
 the log, never to the client.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,9 @@ log = logging.getLogger("server.errors")
 class ApiError(Exception):
     """An error the client should see: HTTP status, stable machine-readable code, message."""
 
-    def __init__(self, status: int, code: str, message: str, *, reason: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, reason: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code

@@ -1,4 +1,5 @@
 """HTTP handlers and the observing middleware (request id, metrics, access log, model headers)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,7 @@ from server import batcher as b
 from server import inference
 from server.errors import ApiError
 from server.schemas import check_content_type, parse_predict_body
-from server.state import BATCH_SIZE, CONFIG, METRICS, REJECT_REASON, REQUEST_ID, MODEL, SERVICE, STATE, TEXT_COUNT
+from server.state import BATCH_SIZE, CONFIG, METRICS, MODEL, REJECT_REASON, REQUEST_ID, SERVICE, STATE, TEXT_COUNT
 
 access_log = logging.getLogger("server.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -24,8 +25,12 @@ BUDGET_HEADER = "X-Latency-Budget-Ms"
 
 
 def json_response(data, status: int = 200, headers: dict | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status=status,
-                        content_type="application/json", headers=headers)
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 def _retry_later(code: str, message: str, reason: str, seconds: int = 1) -> ApiError:
@@ -33,8 +38,9 @@ def _retry_later(code: str, message: str, reason: str, seconds: int = 1) -> ApiE
 
 
 def _overloaded(exc: inference.Overloaded) -> ApiError:
-    return _retry_later("overloaded", f"server is overloaded: {exc}; retry later or elsewhere", "overloaded",
-                        exc.retry_after_s)
+    return _retry_later(
+        "overloaded", f"server is overloaded: {exc}; retry later or elsewhere", "overloaded", exc.retry_after_s
+    )
 
 
 def requested_budget(request: web.Request) -> float | None:
@@ -47,8 +53,12 @@ def requested_budget(request: web.Request) -> float | None:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value <= 0:
-        raise ApiError(400, "invalid_request", f"{BUDGET_HEADER} must be a positive number of milliseconds, "
-                       f"got {raw[:40]!r}", reason="invalid")
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"{BUDGET_HEADER} must be a positive number of milliseconds, got {raw[:40]!r}",
+            reason="invalid",
+        )
     return value / 1000.0
 
 
@@ -56,8 +66,13 @@ async def predict(request: web.Request) -> web.Response:
     app = request.app
     state = app[STATE]
     if state.draining:
-        raise ApiError(503, "shutting_down", "server is shutting down; retry on another instance",
-                       reason="draining", headers={"Retry-After": "1", "Connection": "close"})
+        raise ApiError(
+            503,
+            "shutting_down",
+            "server is shutting down; retry on another instance",
+            reason="draining",
+            headers={"Retry-After": "1", "Connection": "close"},
+        )
     if not state.ready:
         raise _retry_later("not_ready", "model is still loading", "not_ready")
     state.inflight += 1
@@ -78,8 +93,12 @@ async def _predict(request: web.Request, config, service: inference.InferenceSer
     budget = service.effective_budget(requested_budget(request))
     check_content_type(request.content_type)
     if request.content_length is not None and request.content_length > config.max_body_bytes:
-        raise ApiError(413, "body_too_large", f"body of {request.content_length} bytes; at most "
-                       f"{config.max_body_bytes}", reason="too_large")
+        raise ApiError(
+            413,
+            "body_too_large",
+            f"body of {request.content_length} bytes; at most {config.max_body_bytes}",
+            reason="too_large",
+        )
     try:
         service.check_overload(arrival, budget)  # before reading the body: an overloaded server says no cheaply
         body = await request.read()  # aiohttp enforces client_max_size while reading (chunked bodies)
@@ -93,16 +112,27 @@ async def _predict(request: web.Request, config, service: inference.InferenceSer
     except b.ShuttingDown:
         raise _retry_later("shutting_down", "server is shutting down", "draining") from None
     except inference.TextTooLong as exc:
-        where = "\"text\"" if single else f"\"texts\"[{exc.index}]"
-        raise ApiError(422, "text_too_long", f"{where} has {exc.tokens} tokens; the model takes at most "
-                       f"{exc.max_length} and truncation is off", reason="too_large") from None
+        where = '"text"' if single else f'"texts"[{exc.index}]'
+        raise ApiError(
+            422,
+            "text_too_long",
+            f"{where} has {exc.tokens} tokens; the model takes at most {exc.max_length} and truncation is off",
+            reason="too_large",
+        ) from None
     except b.Shed:
-        raise _retry_later("overloaded", "server is overloaded: this request could no longer finish within its "
-                           f"{budget * 1000:.0f} ms latency budget and was not run; retry later or elsewhere",
-                           "shed") from None
+        raise _retry_later(
+            "overloaded",
+            "server is overloaded: this request could no longer finish within its "
+            f"{budget * 1000:.0f} ms latency budget and was not run; retry later or elsewhere",
+            "shed",
+        ) from None
     except b.DeadlineExceeded:
-        raise ApiError(504, "deadline_exceeded", f"not scheduled within {config.request_timeout_ms:g} ms; "
-                       "the server is overloaded", reason="deadline") from None
+        raise ApiError(
+            504,
+            "deadline_exceeded",
+            f"not scheduled within {config.request_timeout_ms:g} ms; the server is overloaded",
+            reason="deadline",
+        ) from None
     except b.BatchFailed:
         raise ApiError(500, "inference_failed", "inference failed for this request's batch") from None
     request[BATCH_SIZE] = answer.batch_size
@@ -118,9 +148,11 @@ async def model_info(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     info = request.app[SERVICE].model_info()
     info["batching"] = request.app[SERVICE].info()  # as resolved at start-up (0 = auto settings show their value)
-    info["limits"] = {"max_text_chars": config.max_text_chars,
-                      "max_texts_per_request": config.max_texts_per_request,
-                      "max_body_bytes": config.max_body_bytes}
+    info["limits"] = {
+        "max_text_chars": config.max_text_chars,
+        "max_texts_per_request": config.max_texts_per_request,
+        "max_body_bytes": config.max_body_bytes,
+    }
     return json_response(info)
 
 
@@ -177,8 +209,17 @@ async def observe_middleware(request: web.Request, handler) -> web.StreamRespons
         if reason:
             m.rejected.labels(reason).inc()
         if endpoint != "metrics":  # scrapes every few seconds would drown the log
-            access_log.info(orjson.dumps({
-                "event": "access", "request_id": request_id, "method": request.method,
-                "path": request.path, "status": status, "latency_ms": round(elapsed * 1000, 2),
-                "texts": request.get(TEXT_COUNT, 0), "batch_size": request.get(BATCH_SIZE),
-            }).decode())
+            access_log.info(
+                orjson.dumps(
+                    {
+                        "event": "access",
+                        "request_id": request_id,
+                        "method": request.method,
+                        "path": request.path,
+                        "status": status,
+                        "latency_ms": round(elapsed * 1000, 2),
+                        "texts": request.get(TEXT_COUNT, 0),
+                        "batch_size": request.get(BATCH_SIZE),
+                    }
+                ).decode()
+            )

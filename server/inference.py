@@ -11,13 +11,14 @@ says would finish after its budget is refused at once (`Overloaded`, before toke
 queued texts that can no longer meet it are shed before they run (`Shed`). The cost model
 (server/costmodel.py) starts from batches timed at start-up and follows every batch run.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -26,9 +27,9 @@ from server import admission
 from server.batcher import BatchLimits, BatchResult, MicroBatcher, QueueFull
 from server.config import ServerConfig
 from server.costmodel import seeded
+from server.encoder import Encoder
 from server.looplag import LoopLag
 from server.metrics import Metrics
-from server.encoder import Encoder
 from server.runner import Runner
 
 log = logging.getLogger("server.inference")
@@ -42,8 +43,9 @@ class Overloaded(Exception):
     """Refused at admission: the request would finish after its latency budget."""
 
     def __init__(self, wait_s: float, budget_s: float) -> None:
-        super().__init__(f"predicted queue wait {wait_s * 1000:.0f} ms leaves no room in the "
-                         f"{budget_s * 1000:.0f} ms latency budget")
+        super().__init__(
+            f"predicted queue wait {wait_s * 1000:.0f} ms leaves no room in the {budget_s * 1000:.0f} ms latency budget"
+        )
         self.wait_s = wait_s
         self.budget_s = budget_s
         self.retry_after_s = admission.retry_after_s(wait_s)
@@ -67,8 +69,13 @@ class Answer:
         out = []
         for probs in self.probabilities:
             best = int(np.argmax(probs))
-            out.append({"label": self.labels[best], "score": float(probs[best]),
-                        "probabilities": {label: float(p) for label, p in zip(self.labels, probs)}})
+            out.append(
+                {
+                    "label": self.labels[best],
+                    "score": float(probs[best]),
+                    "probabilities": {label: float(p) for label, p in zip(self.labels, probs)},
+                }
+            )
         return out
 
 
@@ -100,8 +107,14 @@ class InferenceService:
     ids on the tokenizer thread, the runner turns batches of ids into probabilities on the
     inference workers. `start()` before use."""
 
-    def __init__(self, encoder: Encoder, runner: Runner, config: ServerConfig, metrics: Metrics | None = None,
-                 timings: Sequence[tuple[int, float]] = ()) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        runner: Runner,
+        config: ServerConfig,
+        metrics: Metrics | None = None,
+        timings: Sequence[tuple[int, float]] = (),
+    ) -> None:
         """`timings`: (tokens, seconds) of batches timed at start-up (the runner's warm-up)."""
         self.encoder = encoder
         self.runner = runner
@@ -111,8 +124,9 @@ class InferenceService:
         self.workers = inference_workers(config, runner)
         self.budget_s = config.latency_budget_ms / 1000.0  # 0: admission by the cost model is off
         self.cost = seeded(timings)
-        self.batcher = MicroBatcher(runner.predict, self.limits, config.max_queue, metrics,
-                                    workers=self.workers, cost=self.cost)
+        self.batcher = MicroBatcher(
+            runner.predict, self.limits, config.max_queue, metrics, workers=self.workers, cost=self.cost
+        )
         # Steered on the answered requests' p95 (see admission.ThresholdController); where the
         # server's budget is off, a request's own budget is held to as it is.
         self.controller = admission.ThresholdController(self.budget_s or SLA_S)
@@ -130,8 +144,11 @@ class InferenceService:
         """Start the tokenizer thread and the inference workers."""
         line = self.cost.line
         if line is not None:
-            log.info("batch cost at start-up: %.4f ms per token + %.3f ms per batch",
-                     line.per_token * 1000, line.per_batch * 1000)
+            log.info(
+                "batch cost at start-up: %.4f ms per token + %.3f ms per batch",
+                line.per_token * 1000,
+                line.per_batch * 1000,
+            )
         self.refresh_gauges()
         # One tokenizer thread: the inference workers already take the cores (see runner.py);
         # tokenizing one request takes well under a millisecond.
@@ -187,9 +204,14 @@ class InferenceService:
         if overloaded and self.budget_s:
             threshold = self.controller.threshold(now) * budget_s / self.budget_s
         # The loop's lag: the wait the request met before its handler ran, which the client saw.
-        verdict = admission.decide(now - arrival + self.loop_lag.value, wait, own, threshold,
-                                   self.policy.late_limit * budget_s,
-                                   self.late.value < self.policy.late_share(overloaded))
+        verdict = admission.decide(
+            now - arrival + self.loop_lag.value,
+            wait,
+            own,
+            threshold,
+            self.policy.late_limit * budget_s,
+            self.late.value < self.policy.late_share(overloaded),
+        )
         return verdict
 
     def check_overload(self, arrival: float, budget_s: float) -> None:
@@ -205,8 +227,9 @@ class InferenceService:
 
     # -- the request path ---------------------------------------------------------
 
-    async def predict(self, texts: Sequence[str], arrival: float | None = None,
-                      budget_s: float | None = None) -> Answer:
+    async def predict(
+        self, texts: Sequence[str], arrival: float | None = None, budget_s: float | None = None
+    ) -> Answer:
         """Classify `texts` (one request: admitted or refused whole).
 
         `arrival`: when the request arrived (loop clock; now if None); `budget_s`: its latency
@@ -269,12 +292,16 @@ class InferenceService:
         done = loop.time()
         if budget:
             # Normalised to the server's budget, so that tighter requests steer it alike.
-            self.controller.observe(done, (done - arrival + self.loop_lag.value) * self.controller.budget_s / budget,
-                                    tighten=self.overloaded)
+            self.controller.observe(
+                done,
+                (done - arrival + self.loop_lag.value) * self.controller.budget_s / budget,
+                tighten=self.overloaded,
+            )
         if self.metrics and done - arrival <= (budget or SLA_S):
             self.metrics.goodput.inc()
-        return Answer(np.stack([r.probabilities for r in results]), max(r.batch_size for r in results),
-                      tuple(self.runner.labels))
+        return Answer(
+            np.stack([r.probabilities for r in results]), max(r.batch_size for r in results), tuple(self.runner.labels)
+        )
 
     def refresh_gauges(self) -> None:
         """Set the admission gauges to now: the cost model, the threshold in force and the
@@ -294,16 +321,23 @@ class InferenceService:
         """Batching and admission as resolved at start-up, for GET /v1/model."""
         line = self.cost.line
         return {
-            "max_batch_size": self.limits.max_batch_size, "max_batch_tokens": self.limits.max_batch_tokens,
-            "max_wait_ms": self.limits.max_wait_s * 1000.0, "max_queue": self.batcher.max_queue,
-            "max_padding_ratio": self.limits.max_padding, "inference_workers": self.workers,
+            "max_batch_size": self.limits.max_batch_size,
+            "max_batch_tokens": self.limits.max_batch_tokens,
+            "max_wait_ms": self.limits.max_wait_s * 1000.0,
+            "max_queue": self.batcher.max_queue,
+            "max_padding_ratio": self.limits.max_padding,
+            "inference_workers": self.workers,
             "request_timeout_ms": self.config.request_timeout_ms,
             "latency_budget_ms": self.config.latency_budget_ms,
-            "cost_model": None if line is None else {
-                "ms_per_token": round(line.per_token * 1000, 5), "ms_per_batch": round(line.per_batch * 1000, 4),
+            "cost_model": None
+            if line is None
+            else {
+                "ms_per_token": round(line.per_token * 1000, 5),
+                "ms_per_batch": round(line.per_batch * 1000, 4),
                 "batches_observed": self.cost.observed,
                 "admission_threshold_ms": round(self.threshold_in_force(asyncio.get_running_loop().time()) * 1000, 1),
-                "overloaded": self.overloaded},
+                "overloaded": self.overloaded,
+            },
         }
 
 

@@ -5,6 +5,7 @@ request's bytes wait in the socket until the loop gets to them. The handler cann
 wait, but the client does, so admission adds it to each request's elapsed time. Measured as
 node's `monitorEventLoopDelay` does: a timer every `interval_s` notes how late it fired.
 """
+
 from __future__ import annotations
 
 import asyncio

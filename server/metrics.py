@@ -4,21 +4,76 @@ Every stage has its own histogram (tokenize, queue wait, inference, batch size/t
 padding), so when latency moves the metrics say where. Label values come from small fixed
 sets (route names, status codes, rejection reasons), never from request data.
 """
+
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Dense around the 5-500 ms range that the 200 ms SLA lives in.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1,
-                   0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
-STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
-                 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.125,
+    0.15,
+    0.175,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+)
+STAGE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.5,
+)
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 BATCH_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
-REJECT_REASONS = ("overloaded", "shed", "queue_full", "deadline", "too_large", "invalid", "unsupported_media_type",
-                  "draining", "not_ready", "not_found")
+REJECT_REASONS = (
+    "overloaded",
+    "shed",
+    "queue_full",
+    "deadline",
+    "too_large",
+    "invalid",
+    "unsupported_media_type",
+    "draining",
+    "not_ready",
+    "not_found",
+)
 
 METRIC_NAMES = (
     "sentiment_requests_total",
@@ -45,45 +100,76 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("sentiment_requests_total", "HTTP requests by route and status code",
-                                ["endpoint", "code"], registry=r)
-        self.request_duration = Histogram("sentiment_request_duration_seconds",
-                                          "HTTP request latency, arrival to response", ["endpoint"],
-                                          buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_wait = Histogram("sentiment_queue_wait_seconds",
-                                    "time a text waited in the batch queue before its batch started",
-                                    buckets=STAGE_BUCKETS, registry=r)
-        self.inference_duration = Histogram("sentiment_inference_duration_seconds",
-                                            "ONNX Runtime time per batch (padding included)",
-                                            buckets=STAGE_BUCKETS, registry=r)
-        self.tokenize_duration = Histogram("sentiment_tokenize_duration_seconds",
-                                           "tokenization time per request", buckets=STAGE_BUCKETS, registry=r)
-        self.batch_size = Histogram("sentiment_batch_size", "texts per inference batch",
-                                    buckets=BATCH_SIZE_BUCKETS, registry=r)
-        self.batch_tokens = Histogram("sentiment_batch_tokens",
-                                      "padded tokens per inference batch (texts x longest)",
-                                      buckets=BATCH_TOKEN_BUCKETS, registry=r)
-        self.padding_ratio = Histogram("sentiment_padding_ratio",
-                                       "share of a batch's tokens that are padding", buckets=RATIO_BUCKETS,
-                                       registry=r)
+        self.requests = Counter(
+            "sentiment_requests_total", "HTTP requests by route and status code", ["endpoint", "code"], registry=r
+        )
+        self.request_duration = Histogram(
+            "sentiment_request_duration_seconds",
+            "HTTP request latency, arrival to response",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "sentiment_queue_wait_seconds",
+            "time a text waited in the batch queue before its batch started",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "sentiment_inference_duration_seconds",
+            "ONNX Runtime time per batch (padding included)",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.tokenize_duration = Histogram(
+            "sentiment_tokenize_duration_seconds", "tokenization time per request", buckets=STAGE_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "sentiment_batch_size", "texts per inference batch", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "sentiment_batch_tokens",
+            "padded tokens per inference batch (texts x longest)",
+            buckets=BATCH_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.padding_ratio = Histogram(
+            "sentiment_padding_ratio", "share of a batch's tokens that are padding", buckets=RATIO_BUCKETS, registry=r
+        )
         self.queue_depth = Gauge("sentiment_queue_depth", "texts waiting for a batch", registry=r)
         self.inflight = Gauge("sentiment_inflight_requests", "prediction requests being handled", registry=r)
         self.rejected = Counter("sentiment_rejected_total", "requests refused, by reason", ["reason"], registry=r)
-        self.batch_failures = Counter("sentiment_batch_failures_total",
-                                      "inference batches that raised (their requests got 500)", registry=r)
-        self.model_info = Gauge("sentiment_model_info", "the served model (value is always 1)",
-                                ["model", "version", "quantization", "optimization", "target"], registry=r)
-        self.predicted_wait = Gauge("sentiment_predicted_wait_seconds",
-                                    "predicted queue wait of a request arriving now (the admission signal)", registry=r)
-        self.goodput = Counter("sentiment_goodput_total",
-                               "prediction requests answered within their latency budget (200 ms where the budget is off)",
-                               registry=r)
-        self.batch_cost = Gauge("sentiment_batch_cost_seconds",
-                                "fitted inference cost of a batch: seconds per token and per batch", ["term"],
-                                registry=r)
-        self.admission_threshold = Gauge("sentiment_admission_threshold_seconds",
-                                         "predicted finish a request may have to be admitted, as in force now (0: admission off)",
-                                         registry=r)
+        self.batch_failures = Counter(
+            "sentiment_batch_failures_total", "inference batches that raised (their requests got 500)", registry=r
+        )
+        self.model_info = Gauge(
+            "sentiment_model_info",
+            "the served model (value is always 1)",
+            ["model", "version", "quantization", "optimization", "target"],
+            registry=r,
+        )
+        self.predicted_wait = Gauge(
+            "sentiment_predicted_wait_seconds",
+            "predicted queue wait of a request arriving now (the admission signal)",
+            registry=r,
+        )
+        self.goodput = Counter(
+            "sentiment_goodput_total",
+            "prediction requests answered within their latency budget (200 ms where the budget is off)",
+            registry=r,
+        )
+        self.batch_cost = Gauge(
+            "sentiment_batch_cost_seconds",
+            "fitted inference cost of a batch: seconds per token and per batch",
+            ["term"],
+            registry=r,
+        )
+        self.admission_threshold = Gauge(
+            "sentiment_admission_threshold_seconds",
+            "predicted finish a request may have to be admitted, as in force now (0: admission off)",
+            registry=r,
+        )
         for term in ("per_token", "per_batch"):
             self.batch_cost.labels(term)
         for reason in REJECT_REASONS:  # exported at 0 from the start, so rate() works

@@ -1,5 +1,6 @@
 """The served model: an encoder (texts -> ids) and a runner (ids -> probabilities), loaded
 together from one model directory with the machine's core layout applied."""
+
 from __future__ import annotations
 
 import logging
@@ -33,9 +34,16 @@ def load_model(config: ServerConfig) -> ServedModel:
 
     def build(gpu: bool) -> OnnxRunner:
         workers, intra = thread_layout(config.inference_workers, config.intra_op_threads, gpu)
-        return OnnxRunner(model, intra, config.inter_op_threads, sessions=workers if intra > 1 else 1,
-                          shape_bucket=config.shape_bucket, max_batch_size=config.max_batch_size,
-                          specials=encoder.specials, gpu=gpu)
+        return OnnxRunner(
+            model,
+            intra,
+            config.inter_op_threads,
+            sessions=workers if intra > 1 else 1,
+            shape_bucket=config.shape_bucket,
+            max_batch_size=config.max_batch_size,
+            specials=encoder.specials,
+            gpu=gpu,
+        )
 
     gpu = cuda_wanted(model.serving)
     runner = build(gpu)

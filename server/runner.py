@@ -3,6 +3,7 @@
 Imports only onnxruntime, tokenizers (through core.tokenization) and numpy: the serving
 process never loads torch or transformers.
 """
+
 from __future__ import annotations
 
 import queue
@@ -39,9 +40,17 @@ class Runner(Protocol):
 class OnnxRunner:
     """Runs the ONNX graph on padded batches of ids; returns softmax probabilities."""
 
-    def __init__(self, model_dir: str | Path | ModelDir, intra_op_threads: int = 0, inter_op_threads: int = 1,
-                 sessions: int = 1, shape_bucket: int = 0, max_batch_size: int = 32,
-                 specials: SpecialIds | None = None, gpu: bool | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path | ModelDir,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+        sessions: int = 1,
+        shape_bucket: int = 0,
+        max_batch_size: int = 32,
+        specials: SpecialIds | None = None,
+        gpu: bool | None = None,
+    ) -> None:
         """`specials`: the tokenizer's [CLS]/[SEP]/[PAD] ids (read from the directory's
         tokenizer when not given), for padding batches and framing the warm-up's inputs.
         `gpu`: ask for the CUDA provider (default: where the model was exported for a GPU and
@@ -71,8 +80,9 @@ class OnnxRunner:
         # per session; ~23 MB for int8 MiniLM). Single-threaded runs compute on the caller's
         # thread, so one session serves any number of workers.
         try:
-            all_sessions = [ort.InferenceSession(str(model.graph), options, providers=providers)
-                            for _ in range(max(1, sessions))]
+            all_sessions = [
+                ort.InferenceSession(str(model.graph), options, providers=providers) for _ in range(max(1, sessions))
+            ]
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelDirError(f"{model.graph}: cannot load ({str(exc).splitlines()[0]})") from None
         self.session = all_sessions[0]
@@ -129,8 +139,12 @@ class OnnxRunner:
         if self.shape_bucket <= 1:
             return [(1, 8), (4, 32), (2, self.max_length)]
         sizes = [1 << k for k in range((self.max_batch_size - 1).bit_length() + 1)]
-        widths = sorted({min(w, self.max_length)
-                         for w in range(self.shape_bucket, self.max_length + self.shape_bucket, self.shape_bucket)})
+        widths = sorted(
+            {
+                min(w, self.max_length)
+                for w in range(self.shape_bucket, self.max_length + self.shape_bucket, self.shape_bucket)
+            }
+        )
         return [(size, width) for size in sizes for width in widths]
 
     def timing_shapes(self) -> list[tuple[int, int]]:
@@ -151,4 +165,3 @@ class OnnxRunner:
         """(tokens, seconds) of `timing_shapes`, run after `warmup`: the first line of the
         admission cost model (server/costmodel.py)."""
         return time_batches(self.predict, self.timing_shapes(), self.specials.pad_id)
-

@@ -1,4 +1,5 @@
 """Typed application state (web.AppKey) shared by the app factory, handlers and __main__."""
+
 from __future__ import annotations
 
 import asyncio

@@ -4,6 +4,7 @@ Both are built once per session: the real packaged WordPiece tokenizer, a 2-laye
 with hidden size 32, saved exactly as the trainer saves checkpoints, then exported by
 the real exporter. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,12 +40,18 @@ def tiny_model_dir(tmp_path_factory, tiny_checkpoint) -> Path:
     out = tmp_path_factory.mktemp("model") / "model"
     code = export_main(
         [
-            "--checkpoint", str(tiny_checkpoint),
-            "--output-dir", str(out),
-            "--quantize", "int8",
-            "--eval-samples", "16",
-            "--max-accuracy-drop", "100",
-            "--min-agreement", "0",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--output-dir",
+            str(out),
+            "--quantize",
+            "int8",
+            "--eval-samples",
+            "16",
+            "--max-accuracy-drop",
+            "100",
+            "--min-agreement",
+            "0",
         ]
     )
     assert code == 0, "tiny model export failed"

@@ -1,5 +1,6 @@
 """The tiny randomly initialised checkpoint used across the tests, importable by name
 (`from tiny_model import build_tiny_checkpoint`) from tests and from deploy/container_test.sh."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,7 +47,12 @@ def build_tiny_checkpoint(path: Path, max_length: int = 64, truncation: str = "h
     AutoTokenizer.from_pretrained(packaged_model_dir()).save_pretrained(path)
     (path / "training_config.yaml").write_text(
         yaml.safe_dump(
-            {"base_model": "tiny-random-bert", "max_length": max_length, "truncation": truncation, "head_tokens": max_length // 2}
+            {
+                "base_model": "tiny-random-bert",
+                "max_length": max_length,
+                "truncation": truncation,
+                "head_tokens": max_length // 2,
+            }
         )
     )
     return path

@@ -2,6 +2,7 @@
 
 Commands are imported lazily so `data` and `eda` do not pay for importing torch.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -4,6 +4,7 @@ It fits on the same train split the transformer trains on (validation held out, 
 and writes the same metrics.json layout through trainer.metrics, so the numbers compare
 like for like.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,15 @@ def build_pipeline(config: BaselineConfig):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    return Pipeline([
-        ("tfidf", TfidfVectorizer(min_df=config.min_df, ngram_range=(1, 2), stop_words="english", sublinear_tf=True)),
-        ("logreg", LogisticRegression(solver="liblinear", C=config.C, random_state=config.seed)),
-    ])
+    return Pipeline(
+        [
+            (
+                "tfidf",
+                TfidfVectorizer(min_df=config.min_df, ngram_range=(1, 2), stop_words="english", sublinear_tf=True),
+            ),
+            ("logreg", LogisticRegression(solver="liblinear", C=config.C, random_state=config.seed)),
+        ]
+    )
 
 
 def top_features(pipeline, k: int = 15) -> dict[str, list[str]]:
@@ -56,8 +62,11 @@ def top_features(pipeline, k: int = 15) -> dict[str, list[str]]:
 
 def run(config: BaselineConfig) -> dict:
     splits = load_splits(
-        config.data_dir, val_fraction=config.val_fraction, seed=config.seed,
-        max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
+        config.data_dir,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        max_train_samples=config.max_train_samples,
+        max_eval_samples=config.max_eval_samples,
     )
     log.info("data %s (%s): %s", config.data_dir, splits.source, splits.sizes())
     pipeline = build_pipeline(config)
@@ -67,10 +76,14 @@ def run(config: BaselineConfig) -> dict:
     result: dict = {
         "model": "tfidf+logreg",
         "params": {
-            "min_df": config.min_df, "ngram_range": [1, 2], "stop_words": "english",
-            "sublinear_tf": True, "solver": "liblinear", "C": config.C,
+            "min_df": config.min_df,
+            "ngram_range": [1, 2],
+            "stop_words": "english",
+            "sublinear_tf": True,
+            "solver": "liblinear",
+            "C": config.C,
         },
-        "features": int(len(pipeline.named_steps["tfidf"].vocabulary_)),
+        "features": len(pipeline.named_steps["tfidf"].vocabulary_),
         "train_samples": len(splits.train),
         "train_time_s": round(train_time, 3),
         "data_dir": str(config.data_dir),
@@ -92,7 +105,11 @@ def run(config: BaselineConfig) -> dict:
     save_plots(out, None, test_labels, test_probs)
     log.info(
         "test accuracy %.4f, macro F1 %.4f (%d reviews); train %.1fs; wrote %s",
-        result["test"]["accuracy"], result["test"]["f1_macro"], result["test"]["samples"], train_time, out,
+        result["test"]["accuracy"],
+        result["test"]["f1_macro"],
+        result["test"]["samples"],
+        train_time,
+        out,
     )
     return result
 
@@ -101,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = BaselineConfig(data_dir=Path("data/imdb"))
     p = argparse.ArgumentParser(prog="python -m trainer baseline", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=d.data_dir, help="dataset directory or CSV (default %(default)s)")
-    p.add_argument("--output-dir", type=Path, default=d.output_dir, help="where metrics.json and plots go (default %(default)s)")
+    p.add_argument(
+        "--output-dir", type=Path, default=d.output_dir, help="where metrics.json and plots go (default %(default)s)"
+    )
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--max-train-samples", type=int, default=None)

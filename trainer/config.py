@@ -5,6 +5,7 @@ Precedence, lowest to highest: field defaults, `--config` YAML, `--set key=value
 Values are parsed to the field's type and unknown keys are rejected, so a typo in a
 sweep fails before hours of training rather than being silently ignored.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -211,7 +212,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-model", help=f"HF model id, local path, or {PACKAGED_MINILM!r}")
     parser.add_argument("--output-dir", help="checkpoint and report directory")
     parser.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override any config key (repeatable), e.g. --set lr=3e-5 --set max_steps=none",
     )
     return parser
@@ -219,8 +224,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return build_config(
-        args.config, args.sets,
-        data_dir=args.data_dir, base_model=args.base_model, output_dir=args.output_dir,
+        args.config,
+        args.sets,
+        data_dir=args.data_dir,
+        base_model=args.base_model,
+        output_dir=args.output_dir,
     )
 
 

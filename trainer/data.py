@@ -9,6 +9,7 @@ Layouts, detected in this order inside `data_dir`:
 Every problem with the input raises `DataError` with one line naming the file and the problem,
 so a CLI can print it as is.
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,8 +74,9 @@ def _validate(df: pd.DataFrame, path: Path, text_col: str, label_col: str) -> pd
         bad = labels[mapped.isna()]
         if len(bad):
             raise DataError(
-                path, f"unknown label values {sorted(map(str, bad.unique()))[:5]} in column "
-                f"'{label_col}' (expected positive/negative)"
+                path,
+                f"unknown label values {sorted(map(str, bad.unique()))[:5]} in column "
+                f"'{label_col}' (expected positive/negative)",
             )
         labels = mapped
     else:
@@ -82,8 +84,8 @@ def _validate(df: pd.DataFrame, path: Path, text_col: str, label_col: str) -> pd
         bad = labels[~numeric.isin([0, 1])]
         if len(bad):
             raise DataError(
-                path, f"unknown label values {sorted(map(str, bad.unique()))[:5]} in column "
-                f"'{label_col}' (expected 0/1)"
+                path,
+                f"unknown label values {sorted(map(str, bad.unique()))[:5]} in column '{label_col}' (expected 0/1)",
             )
         labels = numeric
     texts = df[text_col]
@@ -92,8 +94,7 @@ def _validate(df: pd.DataFrame, path: Path, text_col: str, label_col: str) -> pd
     empty = np.flatnonzero((cleaned == "").to_numpy() | not_str.to_numpy())
     if len(empty):
         raise DataError(
-            path, f"{len(empty)} empty or missing text(s) in column '{text_col}' "
-            f"(first at row {int(empty[0])})"
+            path, f"{len(empty)} empty or missing text(s) in column '{text_col}' (first at row {int(empty[0])})"
         )
     return pd.DataFrame({"text": cleaned.to_numpy(), "label": labels.astype(np.int64).to_numpy()})
 
@@ -182,10 +183,10 @@ def load_raw(data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None, s
     if len(csvs) == 1:
         return _read_csv(csvs[0]), None, "csv (single file)"
     if len(csvs) > 1:
-        raise DataError(data_dir, f"several CSV files {[c.name for c in csvs]}; expected train.csv/test.csv or one file")
-    raise DataError(
-        data_dir, "no dataset found (expected train.parquet/test.parquet, an aclImdb/ tree, or a CSV file)"
-    )
+        raise DataError(
+            data_dir, f"several CSV files {[c.name for c in csvs]}; expected train.csv/test.csv or one file"
+        )
+    raise DataError(data_dir, "no dataset found (expected train.parquet/test.parquet, an aclImdb/ tree, or a CSV file)")
 
 
 # ---------------------------------------------------------------------------- splitting
@@ -246,7 +247,11 @@ def load_splits(
         log.info(
             "%s: single CSV has no test split; carved a stratified test split of %d reviews "
             "(%.0f%%, seed %d), %d left for train/validation",
-            data_dir, len(test), CSV_TEST_FRACTION * 100, seed, len(train),
+            data_dir,
+            len(test),
+            CSV_TEST_FRACTION * 100,
+            seed,
+            len(train),
         )
     val, train = stratified_split(train, max(1, round(len(train) * val_fraction)), seed)
     # Distinct seeds per cap: the same seed on frames of equal size would pick the same positions.

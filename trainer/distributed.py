@@ -3,6 +3,7 @@
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them everything here is a
 no-op, so single-process training needs no launcher and no process group.
 """
+
 from __future__ import annotations
 
 import os

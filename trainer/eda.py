@@ -4,6 +4,7 @@ Class balance, word counts (p50/p95/p99), token lengths under the model's tokeni
 share of reviews a given max_length would truncate (the number that decides max_length and
 head+tail), the most frequent and the most class-distinctive words, and duplicate texts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,35 @@ PERCENTILES = (50, 95, 99)
 MIN_DOC_SHARE = 0.005  # a distinctive word must appear in at least 0.5% of reviews
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 # sklearn's English list plus contractions and the words every review uses in both classes.
-_EXTRA_STOP = {"s", "t", "don't", "doesn't", "didn't", "isn't", "wasn't", "it's", "i'm", "i've", "i'd",
-               "that's", "there's", "can't", "won't", "he's", "she's", "you're", "they're", "let's", "movie",
-               "film", "movies", "films", "just", "like", "really"}
+_EXTRA_STOP = {
+    "s",
+    "t",
+    "don't",
+    "doesn't",
+    "didn't",
+    "isn't",
+    "wasn't",
+    "it's",
+    "i'm",
+    "i've",
+    "i'd",
+    "that's",
+    "there's",
+    "can't",
+    "won't",
+    "he's",
+    "she's",
+    "you're",
+    "they're",
+    "let's",
+    "movie",
+    "film",
+    "movies",
+    "films",
+    "just",
+    "like",
+    "really",
+}
 
 
 @dataclass(frozen=True)
@@ -92,7 +119,9 @@ def distinctive_words(pos: Counter, neg: Counter, k: int, min_docs: int) -> dict
     if not vocab:
         return {"positive": [], "negative": []}
     n_pos, n_neg = sum(pos.values()), sum(neg.values())
-    score = {w: np.log((pos[w] + 1) / (n_pos + len(vocab))) - np.log((neg[w] + 1) / (n_neg + len(vocab))) for w in vocab}
+    score = {
+        w: np.log((pos[w] + 1) / (n_pos + len(vocab))) - np.log((neg[w] + 1) / (n_neg + len(vocab))) for w in vocab
+    }
     ranked = sorted(vocab, key=lambda w: (score[w], w))
     return {
         "positive": [(w, round(float(score[w]), 2)) for w in ranked[::-1][:k]],
@@ -102,7 +131,8 @@ def distinctive_words(pos: Counter, neg: Counter, k: int, min_docs: int) -> dict
 
 def _percentiles(values: np.ndarray) -> dict[str, float]:
     return {f"p{p}": float(np.percentile(values, p)) for p in PERCENTILES} | {
-        "mean": float(values.mean()), "max": int(values.max()),
+        "mean": float(values.mean()),
+        "max": int(values.max()),
     }
 
 
@@ -119,8 +149,11 @@ def analyse(frames: dict[str, pd.DataFrame], tokenizer_path: Path, top_k: int) -
     min_docs = max(3, round(MIN_DOC_SHARE * len(everything)))
     stats = {
         "splits": {
-            name: {"reviews": len(df), **{LABEL_NAMES[k]: int((df["label"] == k).sum()) for k in (0, 1)},
-                   "duplicate_texts": int(df["text"].duplicated().sum())}
+            name: {
+                "reviews": len(df),
+                **{LABEL_NAMES[k]: int((df["label"] == k).sum()) for k in (0, 1)},
+                "duplicate_texts": int(df["text"].duplicated().sum()),
+            }
             for name, df in frames.items()
         },
         "word_counts": _percentiles(words),
@@ -171,8 +204,14 @@ def save_figures(out: Path, stats: dict, arrays: dict) -> list[str]:
         values, labels = arrays[key], arrays["labels"]
         fig, ax = plt.subplots(figsize=(7, 4))
         bins = np.linspace(0, np.percentile(values, 99.5), 60)
-        ax.hist([values[labels == 0], values[labels == 1]], bins=bins, stacked=True,
-                label=["negative", "positive"], color=["tab:red", "tab:blue"], alpha=0.8)
+        ax.hist(
+            [values[labels == 0], values[labels == 1]],
+            bins=bins,
+            stacked=True,
+            label=["negative", "positive"],
+            color=["tab:red", "tab:blue"],
+            alpha=0.8,
+        )
         for row, mark in enumerate(marks):
             at = np.percentile(values, mark) if key == "words" else mark
             text = f"p{mark} = {at:.0f}" if key == "words" else f"{mark}: {stats['truncated_share'][str(mark)]:.0%} cut"
@@ -208,11 +247,15 @@ def render_markdown(stats: dict, data_dir: Path, seconds: float) -> str:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, s in stats["splits"].items():
-        lines.append(f"| {name} | {s['reviews']:,} | {s['negative']:,} | {s['positive']:,} | {s['duplicate_texts']:,} |")
+        lines.append(
+            f"| {name} | {s['reviews']:,} | {s['negative']:,} | {s['positive']:,} | {s['duplicate_texts']:,} |"
+        )
     if "texts_in_train_and_test" in stats:
         lines += ["", f"Texts present in both train and test: {stats['texts_in_train_and_test']:,}."]
     lines += [
-        "", "![class balance](class_balance.png)", "",
+        "",
+        "![class balance](class_balance.png)",
+        "",
         "## Length",
         "",
         "| measure | p50 | p95 | p99 | mean | max |",
@@ -226,7 +269,10 @@ def render_markdown(stats: dict, data_dir: Path, seconds: float) -> str:
         "| --- | " + " | ".join("---:" for _ in TRUNCATION_POINTS) + " |",
         "| truncated | " + " | ".join(f"{cut[str(n)]:.1%}" for n in TRUNCATION_POINTS) + " |",
         "",
-        "![word counts](word_counts.png)", "", "![token lengths](token_lengths.png)", "",
+        "![word counts](word_counts.png)",
+        "",
+        "![token lengths](token_lengths.png)",
+        "",
         "## Words per class (stop words removed)",
         "",
         "Most frequent: occurrences. Most distinctive: log-odds ratio of the share of reviews of each class",
@@ -237,8 +283,10 @@ def render_markdown(stats: dict, data_dir: Path, seconds: float) -> str:
     ]
     top, dist = stats["top_words"], stats["distinctive_words"]
     for i in range(max(len(top["negative"]), len(top["positive"]))):
+
         def cell(items, fmt):
             return fmt(items[i]) if i < len(items) else ""
+
         lines.append(
             f"| {i + 1} | {cell(top['negative'], lambda p: f'{p[0]} ({p[1]:,})')} "
             f"| {cell(top['positive'], lambda p: f'{p[0]} ({p[1]:,})')} "
@@ -270,8 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = EdaConfig(data_dir=Path("data/imdb"))
     p = argparse.ArgumentParser(prog="python -m trainer eda", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=d.data_dir, help="dataset directory or CSV (default %(default)s)")
-    p.add_argument("--output-dir", type=Path, default=d.output_dir, help="where report.md and PNGs go (default %(default)s)")
-    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json or its directory (default: packaged MiniLM)")
+    p.add_argument(
+        "--output-dir", type=Path, default=d.output_dir, help="where report.md and PNGs go (default %(default)s)"
+    )
+    p.add_argument(
+        "--tokenizer", type=Path, default=None, help="tokenizer.json or its directory (default: packaged MiniLM)"
+    )
     p.add_argument("--top-k", type=int, default=d.top_k, help="words listed per class")
     return p
 

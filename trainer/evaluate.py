@@ -1,8 +1,10 @@
 """Batched inference over pre-tokenized reviews, and metrics on the result."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Sequence
+from collections.abc import Callable, Sequence
+from typing import ContextManager
 
 import numpy as np
 import torch

@@ -4,11 +4,12 @@ Both write the same `metrics.json` layout from (labels, probabilities), so a
 baseline number and a fine-tuned number are computed by the same code.
 Only numpy and matplotlib: no torch, so the baseline stays light.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def classification_metrics(labels: Sequence[int], probs, loss: float | None = No
         "f1_macro": float(np.mean([c["f1"] for c in per_class.values()])),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
-        "samples": int(len(y)),
+        "samples": len(y),
         "loss": None if loss is None or not math.isfinite(loss) else float(loss),
     }
     return out
@@ -131,8 +132,7 @@ def save_plots(
     top = max(max(row) for row in cm) or 1
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, str(cm[i][j]), ha="center", va="center",
-                    color="white" if cm[i][j] > top / 2 else "black")
+            ax.text(j, i, str(cm[i][j]), ha="center", va="center", color="white" if cm[i][j] > top / 2 else "black")
     fig.tight_layout()
     path = out / f"{prefix}confusion_matrix.png"
     fig.savefig(path, dpi=100)
@@ -145,8 +145,13 @@ def save_plots(
     correct = (p_pos >= 0.5).astype(np.int64) == y
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(0.5, 1.0, 26)
-    ax.hist([confidence[correct], confidence[~correct]], bins=bins, stacked=True,
-            label=["correct", "wrong"], color=["tab:blue", "tab:red"])
+    ax.hist(
+        [confidence[correct], confidence[~correct]],
+        bins=bins,
+        stacked=True,
+        label=["correct", "wrong"],
+        color=["tab:blue", "tab:red"],
+    )
     ax.set_xlabel("confidence (probability of predicted class)")
     ax.set_ylabel("reviews")
     ax.set_title("Prediction confidence")

@@ -5,6 +5,7 @@ nothing is copied or downloaded. Otherwise the official archive is downloaded, i
 SHA-256 checked, and its labelled reviews converted to the same columns as the shared
 files (id, rating, label, text), sorted by label then id.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,9 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -77,7 +78,7 @@ def link_shared(shared_dir: Path, output_dir: Path) -> None:
 
 
 def _urlopen(url: str, timeout: float) -> io.BufferedIOBase:
-    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (https or file:// only, see download)
+    return urllib.request.urlopen(url, timeout=timeout)
 
 
 def sha256_of(path: Path) -> str:
@@ -121,9 +122,7 @@ def download(url: str, dest: Path, sha256: str, timeout: float, opener: Opener =
     actual = digest.hexdigest()
     if actual != sha256:
         partial.unlink(missing_ok=True)
-        raise PrepareError(
-            f"{url}: checksum mismatch (expected sha256 {sha256}, got {actual}); download discarded"
-        )
+        raise PrepareError(f"{url}: checksum mismatch (expected sha256 {sha256}, got {actual}); download discarded")
     partial.replace(dest)
     _say(f"checksum ok (sha256 {actual[:16]}...)")
     return dest
@@ -196,11 +195,18 @@ def prepare(config: PrepareConfig, opener: Opener = _urlopen) -> str:
 def build_parser() -> argparse.ArgumentParser:
     defaults = PrepareConfig()
     p = argparse.ArgumentParser(prog="python -m trainer data", description=__doc__.splitlines()[0])
-    p.add_argument("--output-dir", type=Path, default=defaults.output_dir, help="where train/test.parquet end up (default %(default)s)")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=defaults.output_dir,
+        help="where train/test.parquet end up (default %(default)s)",
+    )
     p.add_argument("--shared-dir", type=Path, default=None, help="a shared copy to link instead of downloading")
     p.add_argument("--url", default=defaults.url, help="archive URL (default: the official Stanford archive)")
     p.add_argument("--sha256", default=defaults.sha256, help="expected SHA-256 of the archive")
-    p.add_argument("--download-dir", type=Path, default=None, help="where the archive is kept (default: <output-dir>/../downloads)")
+    p.add_argument(
+        "--download-dir", type=Path, default=None, help="where the archive is kept (default: <output-dir>/../downloads)"
+    )
     p.add_argument("--timeout-s", type=float, default=defaults.timeout_s, help="network timeout in seconds")
     return p
 

@@ -4,6 +4,7 @@ Reads top to bottom like Hugging Face's no-Trainer example: data, model, optimiz
 (two parameter groups), scheduler, loop, evaluation, save. Steps are counted in
 optimizer updates, so warmup and `max_steps` mean the same whatever the accumulation.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,9 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import ContextManager
 
 import numpy as np
 import torch
@@ -122,10 +124,12 @@ def plan_batches(
     if group_by_length:
         lengths = np.asarray(lengths)
         mega = global_batch * MEGABATCH_BATCHES
-        order = np.concatenate([
-            chunk[np.argsort(-lengths[chunk], kind="stable")]
-            for chunk in (order[i : i + mega] for i in range(0, len(order), mega))
-        ])
+        order = np.concatenate(
+            [
+                chunk[np.argsort(-lengths[chunk], kind="stable")]
+                for chunk in (order[i : i + mega] for i in range(0, len(order), mega))
+            ]
+        )
     batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -166,9 +170,7 @@ def optimizer_step(
             scaler.scale(loss).backward()
         total += loss.detach()
     scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf")
-    )
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
@@ -204,8 +206,20 @@ def restore_rng(state: dict) -> None:
 
 # Keys that change the batch plan or the schedule: resuming with other values would
 # silently train on a different sequence of batches.
-_RESUME_KEYS = ("batch_size", "grad_accum_steps", "seed", "epochs", "max_steps", "group_by_length",
-                "max_train_samples", "max_length", "truncation", "head_tokens", "base_model", "lr")
+_RESUME_KEYS = (
+    "batch_size",
+    "grad_accum_steps",
+    "seed",
+    "epochs",
+    "max_steps",
+    "group_by_length",
+    "max_train_samples",
+    "max_length",
+    "truncation",
+    "head_tokens",
+    "base_model",
+    "lr",
+)
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -294,8 +308,13 @@ def _train(cfg: TrainConfig, device: torch.device, dist_ctx: DistContext, out: P
     train_labels = splits.train["label"].to_numpy()
     val_labels, test_labels = splits.val["label"].to_numpy(), splits.test["label"].to_numpy()
     lengths = np.array([len(s) for s in train_seqs])
-    log.info("tokenized in %.1fs; train tokens/review mean %.0f, truncated to %d: %.1f%%",
-             time.perf_counter() - t0, lengths.mean(), cfg.max_length, 100 * (lengths >= cfg.max_length).mean())
+    log.info(
+        "tokenized in %.1fs; train tokens/review mean %.0f, truncated to %d: %.1f%%",
+        time.perf_counter() - t0,
+        lengths.mean(),
+        cfg.max_length,
+        100 * (lengths >= cfg.max_length).mean(),
+    )
 
     # -- model
     try:
@@ -313,22 +332,38 @@ def _train(cfg: TrainConfig, device: torch.device, dist_ctx: DistContext, out: P
 
     # -- optimizer and schedule, in optimizer steps
     optimizer = torch.optim.AdamW(param_groups(raw_model, cfg.weight_decay), lr=cfg.lr)
-    batches_per_epoch = len(plan_batches(lengths, cfg.batch_size, cfg.seed, 0, False, dist_ctx.world_size, dist_ctx.rank))
+    batches_per_epoch = len(
+        plan_batches(lengths, cfg.batch_size, cfg.seed, 0, False, dist_ctx.world_size, dist_ctx.rank)
+    )
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     warmup_steps = round(cfg.warmup_ratio * total_steps)
     scheduler = make_scheduler(optimizer, warmup_steps, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    log.info("%d optimizer steps (%d/epoch, %d epochs), warmup %d, global batch %d",
-             total_steps, steps_per_epoch, num_epochs, warmup_steps,
-             cfg.batch_size * cfg.grad_accum_steps * dist_ctx.world_size)
+    log.info(
+        "%d optimizer steps (%d/epoch, %d epochs), warmup %d, global batch %d",
+        total_steps,
+        steps_per_epoch,
+        num_epochs,
+        warmup_steps,
+        cfg.batch_size * cfg.grad_accum_steps * dist_ctx.world_size,
+    )
 
     # -- resumable state
     state_dir = out / STATE_DIR
-    progress = {"epoch": 0, "group": 0, "global_step": 0, "history": [], "best_accuracy": -1.0,
-                "best_epoch": 0, "best_val_probs": None, "bad_epochs": 0, "train_time_s": 0.0,
-                "samples_seen": 0}
+    progress = {
+        "epoch": 0,
+        "group": 0,
+        "global_step": 0,
+        "history": [],
+        "best_accuracy": -1.0,
+        "best_epoch": 0,
+        "best_val_probs": None,
+        "bad_epochs": 0,
+        "train_time_s": 0.0,
+        "samples_seen": 0,
+    }
     if cfg.resume and (state_dir / "state.pt").is_file():
         state = torch.load(state_dir / "state.pt", map_location="cpu", weights_only=False)
         changed = [k for k in _RESUME_KEYS if state["config"].get(k) != getattr(cfg, k)]
@@ -347,12 +382,19 @@ def _train(cfg: TrainConfig, device: torch.device, dist_ctx: DistContext, out: P
     def checkpoint_state(epoch: int, group: int) -> None:
         rngs = dist_ctx.gather_objects(rng_state())
         if dist_ctx.is_main:
-            save_state(state_dir, {
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rngs,
-                "config": cfg.to_dict(), "world_size": dist_ctx.world_size,
-                "progress": {**progress, "epoch": epoch, "group": group},
-            })
+            save_state(
+                state_dir,
+                {
+                    "model": raw_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rngs,
+                    "config": cfg.to_dict(),
+                    "world_size": dist_ctx.world_size,
+                    "progress": {**progress, "epoch": epoch, "group": group},
+                },
+            )
         dist_ctx.barrier()
 
     def save_checkpoint() -> None:
@@ -365,15 +407,21 @@ def _train(cfg: TrainConfig, device: torch.device, dist_ctx: DistContext, out: P
     # -- loop
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=progress["global_step"], unit="step", dynamic_ncols=True,
-               disable=not (dist_ctx.is_main and cfg.progress_bar))
+    bar = tqdm(
+        total=total_steps,
+        initial=progress["global_step"],
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (dist_ctx.is_main and cfg.progress_bar),
+    )
     stopped_early = False
     # Reading the loss syncs the GPU: refresh the bar's numbers every step only on CPU.
     show_every = 1 if device.type == "cpu" else 20
     for epoch in range(progress["epoch"], num_epochs):
         groups = accumulation_groups(
-            plan_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length,
-                         dist_ctx.world_size, dist_ctx.rank),
+            plan_batches(
+                lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length, dist_ctx.world_size, dist_ctx.rank
+            ),
             cfg.grad_accum_steps,
         )
         model.train()
@@ -385,8 +433,10 @@ def _train(cfg: TrainConfig, device: torch.device, dist_ctx: DistContext, out: P
             if progress["global_step"] >= total_steps:
                 break
             group = [
-                (to_device([train_seqs[i] for i in idx], encoder.pad_id, device),
-                 torch.from_numpy(train_labels[idx]).to(device))
+                (
+                    to_device([train_seqs[i] for i in idx], encoder.pad_id, device),
+                    torch.from_numpy(train_labels[idx]).to(device),
+                )
                 for idx in groups[gi]
             ]
             loss, grad_norm = optimizer_step(model, group, optimizer, scheduler, scaler, cfg.max_grad_norm, amp_context)
@@ -402,8 +452,16 @@ def _train(cfg: TrainConfig, device: torch.device, dist_ctx: DistContext, out: P
                 lr = scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
                 if to_log:
-                    log.info("epoch %d step %d/%d loss %.4f lr %.3e grad_norm %.3f samples/s %.1f",
-                             epoch + 1, step, total_steps, float(loss), lr, float(grad_norm), rate)
+                    log.info(
+                        "epoch %d step %d/%d loss %.4f lr %.3e grad_norm %.3f samples/s %.1f",
+                        epoch + 1,
+                        step,
+                        total_steps,
+                        float(loss),
+                        lr,
+                        float(grad_norm),
+                        rate,
+                    )
             if cfg.save_state_every_steps and step % cfg.save_state_every_steps == 0:
                 now = time.perf_counter()
                 progress["train_time_s"] += now - flushed_t
@@ -418,22 +476,34 @@ def _train(cfg: TrainConfig, device: torch.device, dist_ctx: DistContext, out: P
         progress["train_time_s"] += now - flushed_t
         progress["samples_seen"] += epoch_samples - flushed_samples
 
-        val, val_probs = evaluate(raw_model, val_seqs, val_labels, encoder.pad_id, device, dist_ctx,
-                                  cfg.eval_batch_size, amp_context)
+        val, val_probs = evaluate(
+            raw_model, val_seqs, val_labels, encoder.pad_id, device, dist_ctx, cfg.eval_batch_size, amp_context
+        )
         improved = val["accuracy"] > progress["best_accuracy"]
-        progress["history"].append({
-            "epoch": epoch + 1, "step": progress["global_step"],
-            "train_loss": float(epoch_loss) / epoch_steps if epoch_steps else None,
-            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1_macro": val["f1_macro"],
-            "lr": scheduler.get_last_lr()[0], "epoch_time_s": epoch_time,
-            "samples_per_s": epoch_samples / max(1e-9, epoch_time), "best": improved,
-        })
-        log.info("epoch %d: train loss %s, val loss %.4f, val accuracy %.4f%s", epoch + 1,
-                 progress["history"][-1]["train_loss"], val["loss"], val["accuracy"],
-                 " (best so far, saved)" if improved else "")
+        progress["history"].append(
+            {
+                "epoch": epoch + 1,
+                "step": progress["global_step"],
+                "train_loss": float(epoch_loss) / epoch_steps if epoch_steps else None,
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "val_f1_macro": val["f1_macro"],
+                "lr": scheduler.get_last_lr()[0],
+                "epoch_time_s": epoch_time,
+                "samples_per_s": epoch_samples / max(1e-9, epoch_time),
+                "best": improved,
+            }
+        )
+        log.info(
+            "epoch %d: train loss %s, val loss %.4f, val accuracy %.4f%s",
+            epoch + 1,
+            progress["history"][-1]["train_loss"],
+            val["loss"],
+            val["accuracy"],
+            " (best so far, saved)" if improved else "",
+        )
         if improved:
-            progress.update(best_accuracy=val["accuracy"], best_epoch=epoch + 1, best_val_probs=val_probs,
-                            bad_epochs=0)
+            progress.update(best_accuracy=val["accuracy"], best_epoch=epoch + 1, best_val_probs=val_probs, bad_epochs=0)
             save_checkpoint()
         else:
             progress["bad_epochs"] += 1
@@ -449,8 +519,12 @@ def _train(cfg: TrainConfig, device: torch.device, dist_ctx: DistContext, out: P
     # -- final evaluation with the checkpoint as saved: the reload check and the test
     # numbers both come from the artifact that ships, not from memory.
     best = AutoModelForSequenceClassification.from_pretrained(out).to(device)
-    val, val_probs = evaluate(best, val_seqs, val_labels, encoder.pad_id, device, dist_ctx, cfg.eval_batch_size, amp_context)
-    test, test_probs = evaluate(best, test_seqs, test_labels, encoder.pad_id, device, dist_ctx, cfg.eval_batch_size, amp_context)
+    val, val_probs = evaluate(
+        best, val_seqs, val_labels, encoder.pad_id, device, dist_ctx, cfg.eval_batch_size, amp_context
+    )
+    test, test_probs = evaluate(
+        best, test_seqs, test_labels, encoder.pad_id, device, dist_ctx, cfg.eval_batch_size, amp_context
+    )
     diff = float(np.abs(val_probs - progress["best_val_probs"]).max())
     tolerance = 1e-4 if amp_dtype is None else 2e-2
     reload_ok = diff <= tolerance and best.config.id2label == ID2LABEL
@@ -482,9 +556,15 @@ def _train(cfg: TrainConfig, device: torch.device, dist_ctx: DistContext, out: P
                 f.unlink()
             state_dir.rmdir()
     dist_ctx.barrier()
-    log.info("best epoch %d: val accuracy %.4f, test accuracy %.4f, f1 %.4f; %.1f train samples/s on %s",
-             progress["best_epoch"], val["accuracy"], test["accuracy"], test["f1_macro"],
-             metrics["train_samples_per_s"], device_name)
+    log.info(
+        "best epoch %d: val accuracy %.4f, test accuracy %.4f, f1 %.4f; %.1f train samples/s on %s",
+        progress["best_epoch"],
+        val["accuracy"],
+        test["accuracy"],
+        test["f1_macro"],
+        metrics["train_samples_per_s"],
+        device_name,
+    )
     if not reload_ok:
         log.error("reload check failed: reloaded checkpoint differs from the trained model by %.3g", diff)
     return metrics

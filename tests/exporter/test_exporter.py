@@ -1,4 +1,5 @@
 """The exporter on a tiny random checkpoint: real optimum export, real ONNX Runtime."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exporter.__main__ import MODEL_FILES, main
-from exporter.compare import onnx_feed, open_session
 from core.modeldir import read_serving_config
 from core.tokenization import TextEncoder, TruncationConfig, pad_batch
+from exporter.__main__ import MODEL_FILES, main
+from exporter.compare import onnx_feed, open_session
 
 REPO = Path(__file__).resolve().parents[2]
 # Long enough that head+tail truncation matters at max_length 64.
@@ -24,11 +25,17 @@ LONG_REVIEW = " ".join(["the film opens slowly and the middle drags on"] * 20) +
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory, reviews) -> Path:
     """A labelled parquet dataset in the shared layout, 40 train rows -> 4 validation rows."""
-    rows = [(t + suffix, label) for suffix in ("", " Really.", " Honestly.", " Truly.", " Indeed.") for t, label in reviews]
-    frame = pd.DataFrame({
-        "id": range(len(rows)), "rating": [8 if l else 2 for _, l in rows],
-        "label": [l for _, l in rows], "text": [t for t, _ in rows],
-    })
+    rows = [
+        (t + suffix, label) for suffix in ("", " Really.", " Honestly.", " Truly.", " Indeed.") for t, label in reviews
+    ]
+    frame = pd.DataFrame(
+        {
+            "id": range(len(rows)),
+            "rating": [8 if label else 2 for _, label in rows],
+            "label": [label for _, label in rows],
+            "text": [t for t, _ in rows],
+        }
+    )
     out = tmp_path_factory.mktemp("imdb")
     frame.to_parquet(out / "train.parquet")
     frame.to_parquet(out / "test.parquet")
@@ -36,10 +43,23 @@ def eval_dir(tmp_path_factory, reviews) -> Path:
 
 
 def _export(ckpt: Path, out: Path, eval_dir: Path, *extra: str) -> int:
-    return main([
-        "--checkpoint", str(ckpt), "--output-dir", str(out), "--eval-data", str(eval_dir),
-        "--latency-repeats", "2", "--max-accuracy-drop", "100", "--min-agreement", "0", *extra,
-    ])
+    return main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--output-dir",
+            str(out),
+            "--eval-data",
+            str(eval_dir),
+            "--latency-repeats",
+            "2",
+            "--max-accuracy-drop",
+            "100",
+            "--min-agreement",
+            "0",
+            *extra,
+        ]
+    )
 
 
 def _torch_logits(ckpt: Path, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -81,8 +101,9 @@ def test_fp32_logits_match_pytorch(tmp_path, headtail_checkpoint, eval_dir, revi
 
     ids, mask = _batch(out, [t for t, _ in reviews] + [LONG_REVIEW])
     assert ids.shape[1] == 64  # the long review was truncated to max_length
-    np.testing.assert_allclose(_onnx_logits(out, ids, mask), _torch_logits(headtail_checkpoint, ids, mask),
-                               atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        _onnx_logits(out, ids, mask), _torch_logits(headtail_checkpoint, ids, mask), atol=1e-4, rtol=1e-4
+    )
     report = json.loads((out / "export_report.json").read_text())
     assert report["parity"]["label_agreement"] == 1.0
     assert report["parity"]["max_abs_prob_diff"] < 1e-4
@@ -112,7 +133,7 @@ def test_dynamic_batch_and_sequence(tiny_model_dir, batch, seq):
     session = open_session(tiny_model_dir / "model.onnx")
     ids = np.random.default_rng(seq).integers(1000, 30000, size=(batch, seq), dtype=np.int64)
     mask = np.ones_like(ids)
-    mask[0, seq // 2:] = 0
+    mask[0, seq // 2 :] = 0
     logits = session.run(None, onnx_feed(session, ids, mask))[0]
     assert logits.shape == (batch, 2) and np.isfinite(logits).all()
 
@@ -123,17 +144,35 @@ def test_model_dir_contract_and_report(tiny_model_dir, tiny_checkpoint):
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert config["serving"] == {
         "truncation": {"max_length": 64, "strategy": "head", "head_tokens": 32},
-        "model_name": "tiny-random-bert", "model_version": config["serving"]["model_version"],
-        "quantization": "int8", "optimization": "O2", "target": "cpu",
+        "model_name": "tiny-random-bert",
+        "model_version": config["serving"]["model_version"],
+        "quantization": "int8",
+        "optimization": "O2",
+        "target": "cpu",
     }
     assert len(config["serving"]["model_version"]) == 12
     tokenizer = json.loads((tiny_model_dir / "tokenizer.json").read_text())
     assert tokenizer["truncation"]["max_length"] == 64
 
     report = json.loads((tiny_model_dir / "export_report.json").read_text())
-    for key in ("source_checkpoint", "source_git_commit", "exporter_git_commit", "opset", "versions", "target",
-                "quantization", "quantization_isa", "per_channel", "optimization", "pipeline",
-                "file_sizes_bytes", "input_names", "output_names", "parity", "latency_ms"):
+    for key in (
+        "source_checkpoint",
+        "source_git_commit",
+        "exporter_git_commit",
+        "opset",
+        "versions",
+        "target",
+        "quantization",
+        "quantization_isa",
+        "per_channel",
+        "optimization",
+        "pipeline",
+        "file_sizes_bytes",
+        "input_names",
+        "output_names",
+        "parity",
+        "latency_ms",
+    ):
         assert key in report, key
     assert report["source_checkpoint"] == str(tiny_checkpoint.resolve())
     assert report["versions"]["onnxruntime"] and report["versions"]["optimum"]
@@ -142,8 +181,15 @@ def test_model_dir_contract_and_report(tiny_model_dir, tiny_checkpoint):
     assert report["file_sizes_bytes"]["model.onnx"] == (tiny_model_dir / "model.onnx").stat().st_size
     assert report["file_sizes_bytes"]["model.onnx"] < report["file_sizes_bytes"]["fp32_export.onnx"]
     parity = report["parity"]
-    for key in ("samples", "source", "label_agreement", "pytorch_accuracy", "onnx_accuracy",
-                "accuracy_drop_points", "max_abs_prob_diff"):
+    for key in (
+        "samples",
+        "source",
+        "label_agreement",
+        "pytorch_accuracy",
+        "onnx_accuracy",
+        "accuracy_drop_points",
+        "max_abs_prob_diff",
+    ):
         assert key in parity, key
     assert parity["samples"] == 16 and 0.0 <= parity["label_agreement"] <= 1.0
     latency = report["latency_ms"]
@@ -197,7 +243,9 @@ def test_broken_checkpoint_is_one_line(tmp_path, tiny_checkpoint, capsys, damage
 def test_bad_flag_is_one_line(tmp_path, tiny_checkpoint, capsys):
     assert main(["--checkpoint", str(tiny_checkpoint), "--output-dir", str(tmp_path / "m"), "--quantize", "int4"]) == 2
     assert "--quantize" in _one_error_line(capsys)
-    assert main(["--checkpoint", str(tiny_checkpoint), "--output-dir", str(tmp_path / "m"), "--min-agreement", "2"]) == 2
+    assert (
+        main(["--checkpoint", str(tiny_checkpoint), "--output-dir", str(tmp_path / "m"), "--min-agreement", "2"]) == 2
+    )
     assert "--min-agreement" in _one_error_line(capsys)
 
 
@@ -206,8 +254,20 @@ def test_gate_failure_leaves_previous_model_untouched(tmp_path, tiny_checkpoint,
     shutil.copytree(tiny_model_dir, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     # ONNX would have to be 101 points more accurate than PyTorch: impossible
-    code = main(["--checkpoint", str(tiny_checkpoint), "--output-dir", str(out), "--eval-data", str(eval_dir),
-                 "--latency-repeats", "1", "--max-accuracy-drop", "-101"])
+    code = main(
+        [
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--output-dir",
+            str(out),
+            "--eval-data",
+            str(eval_dir),
+            "--latency-repeats",
+            "1",
+            "--max-accuracy-drop",
+            "-101",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("exporter: error: parity gate failed") and "--max-accuracy-drop -101" in err[-1]
@@ -217,9 +277,26 @@ def test_gate_failure_leaves_previous_model_untouched(tmp_path, tiny_checkpoint,
 
 def test_gate_failure_with_no_previous_output(tmp_path, tiny_checkpoint, eval_dir):
     out = tmp_path / "new" / "model"
-    code = main(["--checkpoint", str(tiny_checkpoint), "--output-dir", str(out), "--eval-data", str(eval_dir),
-                 "--latency-repeats", "1", "--quantize", "none", "--optimize", "none", "--min-agreement", "1",
-                 "--max-accuracy-drop", "-101"])
+    code = main(
+        [
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--output-dir",
+            str(out),
+            "--eval-data",
+            str(eval_dir),
+            "--latency-repeats",
+            "1",
+            "--quantize",
+            "none",
+            "--optimize",
+            "none",
+            "--min-agreement",
+            "1",
+            "--max-accuracy-drop",
+            "-101",
+        ]
+    )
     assert code == 1
     assert list(out.parent.iterdir()) == []
 
@@ -235,11 +312,24 @@ def test_refuses_to_replace_unrelated_directory(tmp_path, tiny_checkpoint, capsy
 
 def test_cli_entry_point_one_line_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "exporter", "--checkpoint", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "m")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--checkpoint",
+            str(tmp_path / "missing"),
+            "--output-dir",
+            str(tmp_path / "m"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"exporter: error: checkpoint directory {tmp_path / 'missing'} does not exist"]
+    assert proc.stderr.strip().splitlines() == [
+        f"exporter: error: checkpoint directory {tmp_path / 'missing'} does not exist"
+    ]
 
 
 def test_detect_isa():

@@ -3,6 +3,7 @@
 The load-test tests must not depend on the real server (built separately); this one
 answers like it, optionally after `delay_s`, so the SLA gate can be shown to pass and fail.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,11 @@ SEEN = web.AppKey("seen", list)
 
 def _prediction(text: str) -> dict:
     positive = 0.9 if "good" in text else 0.2
-    return {"label": "positive" if positive > 0.5 else "negative", "score": max(positive, 1 - positive),
-            "probabilities": {"negative": 1 - positive, "positive": positive}}
+    return {
+        "label": "positive" if positive > 0.5 else "negative",
+        "score": max(positive, 1 - positive),
+        "probabilities": {"negative": 1 - positive, "positive": positive},
+    }
 
 
 async def predict(request: web.Request) -> web.Response:

@@ -1,5 +1,6 @@
 """The benchmark end to end on the tiny model (a smoke run: these numbers mean nothing),
 and the PyTorch baseline's answers against a direct forward pass."""
+
 from __future__ import annotations
 
 import json
@@ -49,15 +50,45 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     # The real server as a subprocess; batch-size-1 and torch runs are the same code path with
     # other commands (the torch server has its own test above), skipped to keep this short.
     out = tmp_path / "docs"
-    code = bench_main([
-        "--model-dir", str(tiny_model_dir), "--checkpoint", str(tiny_checkpoint), "--quick", "--texts", "32",
-        "--duration-s", "1", "--max-steps", "2", "--probe-s", "1", "--ceiling-s", "0.3", "--max-batch-size", "8",
-        "--output-dir", str(out),
-        "--log-dir", str(tmp_path / "logs"), "--data-dir", str(tmp_path / "no-data"), "--skip", "single_worker,batch1,torch",
-        "--inference-workers", "2", "--intra-op-threads", "1",
-        "--retries", "0", "--quiet-wait-s", "0",  # a shared test machine would otherwise wait and re-run steps
-        "--rounds", "2",
-    ])
+    code = bench_main(
+        [
+            "--model-dir",
+            str(tiny_model_dir),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--quick",
+            "--texts",
+            "32",
+            "--duration-s",
+            "1",
+            "--max-steps",
+            "2",
+            "--probe-s",
+            "1",
+            "--ceiling-s",
+            "0.3",
+            "--max-batch-size",
+            "8",
+            "--output-dir",
+            str(out),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--data-dir",
+            str(tmp_path / "no-data"),
+            "--skip",
+            "single_worker,batch1,torch",
+            "--inference-workers",
+            "2",
+            "--intra-op-threads",
+            "1",
+            "--retries",
+            "0",
+            "--quiet-wait-s",
+            "0",  # a shared test machine would otherwise wait and re-run steps
+            "--rounds",
+            "2",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     results = json.loads((out / "benchmarks.json").read_text())
     assert results["texts"] == {"count": 32, "source": "synthetic"}
@@ -71,8 +102,10 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     repeats = ceiling["repeats"]
     assert [r["when"] for r in repeats] == ["before round 1", "after round 1", "after round 2"]
     best = ceiling["best_layout"]
-    assert all((r["streams"], r["threads"], r["batch_size"]) == (best["streams"], best["threads"],
-                                                                ceiling["best_batch_size"]) for r in repeats)
+    assert all(
+        (r["streams"], r["threads"], r["batch_size"]) == (best["streams"], best["threads"], ceiling["best_batch_size"])
+        for r in repeats
+    )
     runs = [ceiling["sweep_best_texts_per_s"], *(r["texts_per_s"] for r in repeats)]
     assert ceiling["texts_per_s"] == pytest.approx(statistics.median(runs))
     entry = results["server"]
@@ -91,12 +124,21 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
         assert (tmp_path / "logs" / f"server-round{k + 1}.log").is_file()
     assert entry["capacity_rps"] == min(r["capacity_rps"] for r in rounds)
     assert entry["round"] in (1, 2) and entry["steps"] == rounds[entry["round"] - 1]["steps"]
-    assert results["summary"]["capacity_vs_ceiling"] == pytest.approx(statistics.median(r["vs_ceiling"] for r in rounds))
+    assert results["summary"]["capacity_vs_ceiling"] == pytest.approx(
+        statistics.median(r["vs_ceiling"] for r in rounds)
+    )
     assert results["summary"]["capacity_vs_ideal_same_search"] == pytest.approx(
-        statistics.median(r["vs_ideal_same_search"] for r in rounds))
+        statistics.median(r["vs_ideal_same_search"] for r in rounds)
+    )
     assert len(entry["steps"]) == 4 and entry["closed_loop_rps"] > 0  # 2 search steps, then 50% and 80%
-    assert all(s["sent"] > 0 and s["client_cpu_cores"] >= 0 and s["server_cpu_cores"] > 0 and s["other_cpu_cores"] >= 0
-               and not s["discarded"] for s in entry["steps"])
+    assert all(
+        s["sent"] > 0
+        and s["client_cpu_cores"] >= 0
+        and s["server_cpu_cores"] > 0
+        and s["other_cpu_cores"] >= 0
+        and not s["discarded"]
+        for s in entry["steps"]
+    )
     assert [s.get("fraction") for s in entry["steps"]] == [None, None, 0.5, 0.8]
     assert entry["capacity_rps"] > 0, "the tiny model meets 200 ms at 70% of its closed-loop rate"
     assert set(entry["at_fraction"]) == {"50%", "80%"}
@@ -110,7 +152,9 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     md = (out / "BENCHMARKS.md").read_text()
     assert "Quick mode" in md and "2 / 1: server capacity / ceiling" in md and "2 / 4" not in md
     assert "2 inference workers x 1 thread" in md and "| 2 x 1 |" in md and "median of 4 runs (sweep " in md
-    assert "median of 2 rounds (" in md and "| round | capacity (req/s) |" in md and "median of the rounds' ratios" in md
+    assert (
+        "median of 2 rounds (" in md and "| round | capacity (req/s) |" in md and "median of the rounds' ratios" in md
+    )
     assert "ideal server, same search: median (quartiles)" in md and "2 / the ideal server under the same search" in md
     assert "| 2c. the server's batcher and workers in this process" in md and "2 / 2c: HTTP server" in md
     assert results["command"].startswith("python -m loadtest.bench --model-dir ")

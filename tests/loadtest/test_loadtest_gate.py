@@ -3,6 +3,7 @@
 A few seconds of load each: a fast server must PASS (exit 0), one answering in 400 ms
 must FAIL the 200 ms p95 gate (exit 1). Bad flags and an unreachable host exit 2.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,14 +19,30 @@ LOCUST_ARGS = ["--", "--think-min-s", "0.05", "--think-max-s", "0.1", "--multi-f
 
 async def run_gate(server, report_dir, *extra: str, users: int = 4, run_time: str = "3s") -> tuple[int, str, str]:
     """The gate against a test server: `users` spawned at once, locust's short think times."""
-    return await run_cli("--host", str(server.make_url("")).rstrip("/"), "--users", str(users), "--spawn-rate",
-                         str(users), "--run-time", run_time, *extra, "--report-dir", str(report_dir), *LOCUST_ARGS)
+    return await run_cli(
+        "--host",
+        str(server.make_url("")).rstrip("/"),
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(users),
+        "--run-time",
+        run_time,
+        *extra,
+        "--report-dir",
+        str(report_dir),
+        *LOCUST_ARGS,
+    )
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtest", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "loadtest",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     return proc.returncode, out.decode(), err.decode()
@@ -63,8 +80,6 @@ async def test_generous_sla_passes_the_slow_server(aiohttp_server, tmp_path):
     assert code == 0 and out.strip().splitlines()[-1].startswith("PASS"), out
 
 
-
-
 def test_unreachable_host_exits_2_with_one_line(tmp_path, capsys):
     code = main(["--host", f"http://127.0.0.1:{free_port()}", "--run-time", "1s", "--report-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
@@ -72,8 +87,12 @@ def test_unreachable_host_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_bad_flags_exit_2(tmp_path, capsys):
-    for argv in (["--host", "127.0.0.1:8000"], ["--host", "http://x", "--users", "0"],
-                 ["--host", "http://x", "--run-time", "soon"], ["--host", "http://x", "--max-error-rate", "2"]):
+    for argv in (
+        ["--host", "127.0.0.1:8000"],
+        ["--host", "http://x", "--users", "0"],
+        ["--host", "http://x", "--run-time", "soon"],
+        ["--host", "http://x", "--max-error-rate", "2"],
+    ):
         assert main([*argv, "--report-dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err, err

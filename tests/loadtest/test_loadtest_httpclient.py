@@ -1,5 +1,6 @@
 """The open-loop generator's HTTP client against real servers on loopback: keep-alive reuse,
 timeouts, closed and refused connections, malformed answers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -66,11 +67,14 @@ async def _raw_server(answer: bytes, close: bool):
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
-@pytest.mark.parametrize("answer, close, expected", [
-    # No Content-Length: the body ends when the server closes.
-    (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello", True, (200, b"hello")),
-    (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno", True, (503, b"no")),
-])
+@pytest.mark.parametrize(
+    "answer, close, expected",
+    [
+        # No Content-Length: the body ends when the server closes.
+        (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello", True, (200, b"hello")),
+        (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno", True, (503, b"no")),
+    ],
+)
 async def test_answers_framed_by_close(answer, close, expected):
     server = await _raw_server(answer, close)
     port = server.sockets[0].getsockname()[1]
@@ -80,11 +84,14 @@ async def test_answers_framed_by_close(answer, close, expected):
         assert not client._idle  # closed by the server: never reused
 
 
-@pytest.mark.parametrize("answer, message", [
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed before the answer was complete"),
-    (b"garbage\r\n\r\n", "malformed response head"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "malformed response head"),
-])
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed before the answer was complete"),
+        (b"garbage\r\n\r\n", "malformed response head"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "malformed response head"),
+    ],
+)
 async def test_broken_answers_are_http_errors(answer, message):
     server = await _raw_server(answer, close=True)
     port = server.sockets[0].getsockname()[1]

@@ -1,4 +1,5 @@
 """Configuration 2c's target: the real batcher and runner, driven without HTTP."""
+
 from __future__ import annotations
 
 import pytest

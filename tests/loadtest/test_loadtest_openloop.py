@@ -1,4 +1,5 @@
 """Open-loop generator against the stand-in server, and the rate search as pure numbers."""
+
 from __future__ import annotations
 
 import random
@@ -9,7 +10,13 @@ from loadtest_standin import SEEN, create_app
 
 from loadtest.httpclient import LeanClient
 from loadtest.openloop import (
-    capacity, closed_loop_throughput, next_rate, payloads, poisson_arrivals, run_step, wait_for_quiet,
+    capacity,
+    closed_loop_throughput,
+    next_rate,
+    payloads,
+    poisson_arrivals,
+    run_step,
+    wait_for_quiet,
 )
 
 
@@ -53,8 +60,9 @@ def test_poisson_arrivals_have_the_asked_rate():
 async def test_step_against_fast_server(aiohttp_server):
     server = await aiohttp_server(create_app(delay_s=0.0))
     async with LeanClient(str(server.make_url(""))) as client:
-        step = await run_step(client, requests(client, payloads(["a good film", "bad"])), rate=100.0,
-                              duration_s=1.0, seed=3)
+        step = await run_step(
+            client, requests(client, payloads(["a good film", "bad"])), rate=100.0, duration_s=1.0, seed=3
+        )
     assert 60 < step.sent < 140 and step.errors == 0 and step.ok == step.sent
     assert len(server.app[SEEN]) == step.sent
     assert {body["text"] for body in server.app[SEEN]} == {"a good film", "bad"}

@@ -1,4 +1,5 @@
 """The overload benchmark: its figures as pure functions, its report section, and a smoke run."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,17 @@ from loadtest.overload_report import BEGIN, END, current_section, merge_section
 
 def samples(status, latency_ms, due_s=None, duration_s=10.0) -> Samples:
     n = len(status)
-    return Samples(rate=n / duration_s, duration_s=duration_s,
-                   due_s=np.asarray(due_s if due_s is not None else np.linspace(0, duration_s, n, endpoint=False)),
-                   latency_ms=np.asarray(latency_ms, dtype=float), status=list(status), send_lag_s=np.zeros(n),
-                   wall_s=duration_s, client_cpu_s=1.0, server_cpu_s=15.0)
+    return Samples(
+        rate=n / duration_s,
+        duration_s=duration_s,
+        due_s=np.asarray(due_s if due_s is not None else np.linspace(0, duration_s, n, endpoint=False)),
+        latency_ms=np.asarray(latency_ms, dtype=float),
+        status=list(status),
+        send_lag_s=np.zeros(n),
+        wall_s=duration_s,
+        client_cpu_s=1.0,
+        server_cpu_s=15.0,
+    )
 
 
 def test_summarize_splits_answers_refusals_and_errors():
@@ -52,14 +60,19 @@ def test_cpu_per_refusal_from_the_event_loop():
 
 
 def test_rejected_counts_read_from_metrics():
-    text = ('# HELP x\nsentiment_rejected_total{reason="overloaded"} 12.0\n'
-            'sentiment_rejected_total{reason="shed"} 3.0\nsentiment_requests_total{endpoint="predict",code="200"} 5.0\n')
+    text = (
+        '# HELP x\nsentiment_rejected_total{reason="overloaded"} 12.0\n'
+        'sentiment_rejected_total{reason="shed"} 3.0\nsentiment_requests_total{endpoint="predict",code="200"} 5.0\n'
+    )
     assert rejected_counts(text) == {"overloaded": 12.0, "shed": 3.0}
 
 
 def test_median_over_rounds_per_step():
-    rounds = [[{"name": "a", "x": 1.0, "y": None, "kinds": {}}], [{"name": "a", "x": 3.0, "y": None, "kinds": {}}],
-              [{"name": "a", "x": 2.0, "y": 5.0, "kinds": {}}]]
+    rounds = [
+        [{"name": "a", "x": 1.0, "y": None, "kinds": {}}],
+        [{"name": "a", "x": 3.0, "y": None, "kinds": {}}],
+        [{"name": "a", "x": 2.0, "y": 5.0, "kinds": {}}],
+    ]
     assert median_steps(rounds) == [{"name": "a", "x": 2.0, "y": 5.0}]
 
 
@@ -78,12 +91,40 @@ def test_overload_smoke_writes_a_section_and_json(tiny_model_dir, tmp_path, caps
     out = tmp_path / "docs"
     (out).mkdir()
     (out / "BENCHMARKS.md").write_text("# Capacity report\n")
-    code = bench_main([
-        "--overload", "--model-dir", str(tiny_model_dir), "--quick", "--texts", "32",
-        "--duration-s", "1", "--max-steps", "2", "--probe-s", "1", "--overload-step-s", "1", "--rounds", "1",
-        "--output-dir", str(out), "--log-dir", str(tmp_path / "logs"), "--data-dir", str(tmp_path / "no-data"),
-        "--inference-workers", "1", "--intra-op-threads", "1", "--retries", "0", "--quiet-wait-s", "0",
-    ])
+    code = bench_main(
+        [
+            "--overload",
+            "--model-dir",
+            str(tiny_model_dir),
+            "--quick",
+            "--texts",
+            "32",
+            "--duration-s",
+            "1",
+            "--max-steps",
+            "2",
+            "--probe-s",
+            "1",
+            "--overload-step-s",
+            "1",
+            "--rounds",
+            "1",
+            "--output-dir",
+            str(out),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--data-dir",
+            str(tmp_path / "no-data"),
+            "--inference-workers",
+            "1",
+            "--intra-op-threads",
+            "1",
+            "--retries",
+            "0",
+            "--quiet-wait-s",
+            "0",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     results = json.loads((out / "overload.json").read_text())
     assert results["capacity_rps"] == results["capacity"]["budget_off"]["capacity_rps"] > 0

@@ -1,4 +1,5 @@
 """The queueing bound against queueing theory's closed forms, and the ideal server under the bench's search."""
+
 from __future__ import annotations
 
 import math
@@ -44,22 +45,25 @@ TOKENS = [50, 120, 200, 256, 256, 256]
 def test_same_search_runs_the_bench_search_rates():
     # Nothing ever misses a 1-minute p95: every search grows from the start rate by 1.3x per
     # step and runs out of steps, as bench.search does (openloop.next_rate).
-    found = searched_fractions(TOKENS, 90.0, 2, p95_limit_ms=60_000, start_rate=10.0, step_s=2.0,
-                               max_steps=4, searches=3)
-    assert found == pytest.approx([10.0 * 1.3 ** 3 / 90.0] * 3)
+    found = searched_fractions(
+        TOKENS, 90.0, 2, p95_limit_ms=60_000, start_rate=10.0, step_s=2.0, max_steps=4, searches=3
+    )
+    assert found == pytest.approx([10.0 * 1.3**3 / 90.0] * 3)
     # A text alone takes up to 28 ms: a 10 ms p95 fails at every rate, and nothing is found.
     assert searched_fractions(TOKENS, 90.0, 2, 10, start_rate=10.0, step_s=2.0, max_steps=4, searches=3) == [0.0] * 3
 
 
 def test_same_search_lands_near_the_bound_and_varies():
     bound = bound_fraction(TOKENS, 90.0, 2, p95_limit_ms=200, arrivals=20_000)
-    found = searched_fractions(TOKENS, 90.0, 2, 200, start_rate=0.7 * 80.0, step_s=10.0, max_steps=6,
-                               searches=30, seed=3)
+    found = searched_fractions(
+        TOKENS, 90.0, 2, 200, start_rate=0.7 * 80.0, step_s=10.0, max_steps=6, searches=30, seed=3
+    )
     # Each step's p95 is one sample: the search does not land on the same rate every time,
     # but near the bound (the grid steps by 3-4% of the ceiling there).
     assert abs(float(np.median(found)) - bound) < 0.08
     assert len(set(found)) > 2
     # Steps of a few requests start empty and end before a queue builds: nearly every rate passes.
-    short = searched_fractions(TOKENS, 90.0, 2, 200, start_rate=0.7 * 80.0, step_s=0.5, max_steps=6,
-                               searches=30, seed=3)
+    short = searched_fractions(
+        TOKENS, 90.0, 2, 200, start_rate=0.7 * 80.0, step_s=0.5, max_steps=6, searches=30, seed=3
+    )
     assert float(np.median(short)) > float(np.median(found))

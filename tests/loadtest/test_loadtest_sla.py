@@ -1,4 +1,5 @@
 """The SLA verdict from given statistics, and reading locust's CSV."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,17 @@ from loadtest.sla import EndpointStats, SlaConfig, evaluate, format_table, read_
 
 
 def stats(requests=100, failures=0, p95=150.0, p99=180.0) -> EndpointStats:
-    return EndpointStats(name="Aggregated", method="", requests=requests, failures=failures, rps=10.0,
-                         p50_ms=50.0, p95_ms=p95, p99_ms=p99, max_ms=300.0)
+    return EndpointStats(
+        name="Aggregated",
+        method="",
+        requests=requests,
+        failures=failures,
+        rps=10.0,
+        p50_ms=50.0,
+        p95_ms=p95,
+        p99_ms=p99,
+        max_ms=300.0,
+    )
 
 
 def test_within_limits_passes_and_line_says_pass():
@@ -68,14 +78,45 @@ def test_bad_thresholds_rejected(kwargs):
 
 def test_read_summary(tmp_path):
     path = tmp_path / "locust_summary.json"
-    path.write_text(json.dumps([
-        {"name": "/v1/predict [single]", "method": "POST", "requests": 90, "failures": 1, "rps": 9.0,
-         "p50_ms": 40, "p95_ms": 120, "p99_ms": 200, "max_ms": 300.5},
-        {"name": "/v1/predict [multi]", "method": "POST", "requests": 0, "failures": 0, "rps": 0.0,
-         "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None},
-        {"name": "Aggregated", "method": "", "requests": 90, "failures": 1, "rps": 9.0,
-         "p50_ms": 40, "p95_ms": 120, "p99_ms": 200, "max_ms": 300.5},
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "/v1/predict [single]",
+                    "method": "POST",
+                    "requests": 90,
+                    "failures": 1,
+                    "rps": 9.0,
+                    "p50_ms": 40,
+                    "p95_ms": 120,
+                    "p99_ms": 200,
+                    "max_ms": 300.5,
+                },
+                {
+                    "name": "/v1/predict [multi]",
+                    "method": "POST",
+                    "requests": 0,
+                    "failures": 0,
+                    "rps": 0.0,
+                    "p50_ms": None,
+                    "p95_ms": None,
+                    "p99_ms": None,
+                    "max_ms": None,
+                },
+                {
+                    "name": "Aggregated",
+                    "method": "",
+                    "requests": 90,
+                    "failures": 1,
+                    "rps": 9.0,
+                    "p50_ms": 40,
+                    "p95_ms": 120,
+                    "p99_ms": 200,
+                    "max_ms": 300.5,
+                },
+            ]
+        )
+    )
     rows, total = read_summary(path)
     assert [r.name for r in rows] == ["/v1/predict [single]", "/v1/predict [multi]"]
     assert (total.requests, total.failures, total.p50_ms, total.p95_ms, total.p99_ms) == (90, 1, 40, 120, 200)

@@ -1,4 +1,5 @@
 """Review source: real IMDB reviews when the parquet file exists, else look-alikes."""
+
 from __future__ import annotations
 
 import statistics

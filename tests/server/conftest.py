@@ -1,4 +1,5 @@
 """Server test helpers: a fake runner for HTTP-layer tests (the end-to-end tests use the tiny model)."""
+
 from __future__ import annotations
 
 import threading
@@ -23,9 +24,16 @@ class FakeRunner:
 
     def __init__(self, max_length: int = 64) -> None:
         self.max_length = max_length
-        self.info = {"model_name": "fake", "model_version": "0", "quantization": "none",
-                     "optimization": "none", "target": "cpu", "labels": list(self.labels),
-                     "max_length": max_length, "parity": {}}
+        self.info = {
+            "model_name": "fake",
+            "model_version": "0",
+            "quantization": "none",
+            "optimization": "none",
+            "target": "cpu",
+            "labels": list(self.labels),
+            "max_length": max_length,
+            "parity": {},
+        }
         self.gate = threading.Event()
         self.gate.set()
         self.batches: list[list[int]] = []  # first word-token of each text, per batch

@@ -3,6 +3,7 @@
 `python tests/server/slow_server.py PORT BUDGET_MS` serves it as a process of its own, so that
 a load test's client does not share the server's event loop and CPU time.
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,8 +26,16 @@ class SlowRunner:
     max_length = 64
 
     def __init__(self) -> None:
-        self.info = {"model_name": "slow", "model_version": "0", "quantization": "none", "optimization": "none",
-                     "target": "cpu", "labels": list(self.labels), "max_length": self.max_length, "parity": {}}
+        self.info = {
+            "model_name": "slow",
+            "model_version": "0",
+            "quantization": "none",
+            "optimization": "none",
+            "target": "cpu",
+            "labels": list(self.labels),
+            "max_length": self.max_length,
+            "parity": {},
+        }
         self.seen: list[int] = []
         self.stall = threading.Event()
         self.stall.set()
@@ -65,8 +74,9 @@ def main(port: int, budget_ms: float) -> None:
     from server.app import create_app
     from server.config import ServerConfig
 
-    config = ServerConfig(inference_workers=1, max_wait_ms=0, max_batch_tokens=64, max_queue=1024,
-                          latency_budget_ms=budget_ms, port=port)
+    config = ServerConfig(
+        inference_workers=1, max_wait_ms=0, max_batch_tokens=64, max_queue=1024, latency_budget_ms=budget_ms, port=port
+    )
     runner = SlowRunner()  # the fake does both jobs: texts -> ids and ids -> probabilities
     web.run_app(create_app(config, runner=runner, encoder=runner), host="127.0.0.1", port=port, print=None)
 

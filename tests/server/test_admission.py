@@ -1,4 +1,5 @@
 """The admission rule and the batch cost model as pure functions, with numbers."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,6 +12,7 @@ LINE = Line(per_token=0.001, per_batch=0.002)  # 1 ms a token, 2 ms a batch
 
 
 # -- the cost model -------------------------------------------------------------
+
 
 def test_fit_recovers_a_known_line_from_exact_batches():
     model = BatchCostModel()
@@ -53,6 +55,7 @@ def test_no_timings_no_line():
 
 
 # -- predicted wait and the rule ------------------------------------------------
+
 
 def test_estimated_batches_big_texts_run_alone_small_ones_share():
     # 3 texts over half of a 256 budget run alone; 10 small ones of 20 tokens share batches of <= 256 tokens.
@@ -117,6 +120,7 @@ def test_policy_is_calm_with_the_slas_own_tail_and_strict_when_overloaded():
 
 
 # -- the steered threshold ----------------------------------------------------------
+
 
 def test_steer_drops_in_proportion_and_rises_slowly_within_bounds():
     assert steer(0.200, 0.340, 0.170, 0.1, 0.2, 1.05) == pytest.approx(0.100)  # p95 twice the goal: halved

@@ -1,4 +1,5 @@
 """MicroBatcher without HTTP: the pure dispatch policy, then the loop with a fake model function."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +9,16 @@ import time
 import numpy as np
 import pytest
 
-from server.batcher import (BatchFailed, BatchLimits, DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown,
-                            dispatch_delay, select_batch)
+from server.batcher import (
+    BatchFailed,
+    BatchLimits,
+    DeadlineExceeded,
+    MicroBatcher,
+    QueueFull,
+    ShuttingDown,
+    dispatch_delay,
+    select_batch,
+)
 from server.metrics import Metrics
 
 LIMITS = BatchLimits(max_batch_size=4, max_batch_tokens=100, max_wait_s=0.01)
@@ -80,8 +89,9 @@ def test_padding_cap_sends_mismatched_lengths_alone():
 def test_select_batch_properties_random():
     rng = np.random.default_rng(0)
     for _ in range(200):
-        limits = BatchLimits(int(rng.integers(1, 9)), int(rng.integers(64, 400)), 0.0,
-                             float(rng.choice([0.0, 0.1, 0.3, 1.0])))
+        limits = BatchLimits(
+            int(rng.integers(1, 9)), int(rng.integers(64, 400)), 0.0, float(rng.choice([0.0, 0.1, 0.3, 1.0]))
+        )
         lengths = [int(x) for x in rng.integers(2, 64, size=int(rng.integers(1, 30)))]
         chosen = select_batch(lengths, limits)
         assert chosen[0] == 0 and chosen == sorted(set(chosen))
@@ -144,9 +154,11 @@ class Tickets:
 
     async def running(self, n: int) -> bool:
         """True once `n` batches are inside the model at the same time (False after 2 s)."""
+
         def wait() -> bool:
             with self._changed:
                 return self._changed.wait_for(lambda: self.active >= n, 2.0)
+
         return await asyncio.to_thread(wait)
 
 
@@ -417,8 +429,9 @@ async def test_cost_model_learns_from_every_batch_and_backlog_counts_the_queue()
 
     model, cost = Model(), BatchCostModel()
     model.gate.clear()
-    batcher = MicroBatcher(model, BatchLimits(max_batch_size=1, max_wait_s=0.0, max_batch_tokens=256), max_queue=8,
-                           cost=cost)
+    batcher = MicroBatcher(
+        model, BatchLimits(max_batch_size=1, max_wait_s=0.0, max_batch_tokens=256), max_queue=8, cost=cost
+    )
     await batcher.start()
     try:
         loop = asyncio.get_running_loop()

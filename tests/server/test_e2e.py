@@ -1,4 +1,5 @@
 """End to end with the tiny exported model: real ONNX Runtime, real server on a loopback port."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,13 +10,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, load, save
 
+from core.modeldir import read_model_dir, read_serving_config
+from core.tokenization import TextEncoder, TruncationConfig, pad_batch
 from server.app import create_app
 from server.config import ServerConfig
-from core.modeldir import read_model_dir
 from server.encoder import ModelEncoder
 from server.runner import OnnxRunner
-from core.modeldir import read_serving_config
-from core.tokenization import TextEncoder, TruncationConfig, pad_batch
 
 
 def direct_probabilities(model_dir, texts: list[str]) -> np.ndarray:
@@ -46,27 +46,31 @@ def spread_model_dir(tiny_model_dir, tmp_path_factory):
     graph = model.graph
     producer = next(n for n in graph.node if "logits" in n.output)
     producer.output[list(producer.output).index("logits")] = "logits_raw"
-    graph.initializer.extend([
-        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("per_token", TensorProto.FLOAT, [], [0.08]),
-        helper.make_tensor("per_id", TensorProto.FLOAT, [], [3e-4]),
-        helper.make_tensor("to_positive", TensorProto.FLOAT, [2], [0.0, 1.0]),
-        helper.make_tensor("centre", TensorProto.FLOAT, [], [-3.0]),
-    ])
-    graph.node.extend([
-        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-        helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceSum", ["mask_f", "axis1"], ["n_tok"], keepdims=1),
-        helper.make_node("Mul", ["ids_f", "mask_f"], ["ids_masked"]),
-        helper.make_node("ReduceSum", ["ids_masked", "axis1"], ["ids_sum"], keepdims=1),
-        helper.make_node("Div", ["ids_sum", "n_tok"], ["ids_mean"]),
-        helper.make_node("Mul", ["n_tok", "per_token"], ["a"]),
-        helper.make_node("Mul", ["ids_mean", "per_id"], ["b"]),
-        helper.make_node("Add", ["a", "b"], ["ab"]),
-        helper.make_node("Add", ["ab", "centre"], ["shift"]),
-        helper.make_node("Mul", ["shift", "to_positive"], ["shift2"]),
-        helper.make_node("Add", ["logits_raw", "shift2"], ["logits"]),
-    ])
+    graph.initializer.extend(
+        [
+            helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("per_token", TensorProto.FLOAT, [], [0.08]),
+            helper.make_tensor("per_id", TensorProto.FLOAT, [], [3e-4]),
+            helper.make_tensor("to_positive", TensorProto.FLOAT, [2], [0.0, 1.0]),
+            helper.make_tensor("centre", TensorProto.FLOAT, [], [-3.0]),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["mask_f", "axis1"], ["n_tok"], keepdims=1),
+            helper.make_node("Mul", ["ids_f", "mask_f"], ["ids_masked"]),
+            helper.make_node("ReduceSum", ["ids_masked", "axis1"], ["ids_sum"], keepdims=1),
+            helper.make_node("Div", ["ids_sum", "n_tok"], ["ids_mean"]),
+            helper.make_node("Mul", ["n_tok", "per_token"], ["a"]),
+            helper.make_node("Mul", ["ids_mean", "per_id"], ["b"]),
+            helper.make_node("Add", ["a", "b"], ["ab"]),
+            helper.make_node("Add", ["ab", "centre"], ["shift"]),
+            helper.make_node("Mul", ["shift", "to_positive"], ["shift2"]),
+            helper.make_node("Add", ["logits_raw", "shift2"], ["logits"]),
+        ]
+    )
     save(model, str(out / "model.onnx"))
     return out
 
@@ -95,7 +99,9 @@ async def test_predictions_match_direct_onnxruntime(aiohttp_client, tiny_model_d
     for text in texts[:4]:
         body = await (await client.post("/v1/predict", json={"text": text})).json()
         expected = direct_probabilities(tiny_model_dir, [text])[0]
-        assert [body["probabilities"]["negative"], body["probabilities"]["positive"]] == pytest.approx(expected, abs=1e-6)
+        assert [body["probabilities"]["negative"], body["probabilities"]["positive"]] == pytest.approx(
+            expected, abs=1e-6
+        )
         assert body["label"] == ("positive" if expected[1] > expected[0] else "negative")
     body = await (await client.post("/v1/predict", json={"texts": texts})).json()
     expected = direct_probabilities(tiny_model_dir, texts)
@@ -105,10 +111,12 @@ async def test_predictions_match_direct_onnxruntime(aiohttp_client, tiny_model_d
     assert info["quantization"] == "int8" and info["max_length"] == 64 and info["parity"]
 
 
-async def test_spread_model_orders_and_truncates(aiohttp_client, spread_model_dir, spread_runner, spread_encoder,
-                                                 reviews):
-    client = await aiohttp_client(create_app(ServerConfig(model_dir=spread_model_dir), runner=spread_runner,
-                                             encoder=spread_encoder))
+async def test_spread_model_orders_and_truncates(
+    aiohttp_client, spread_model_dir, spread_runner, spread_encoder, reviews
+):
+    client = await aiohttp_client(
+        create_app(ServerConfig(model_dir=spread_model_dir), runner=spread_runner, encoder=spread_encoder)
+    )
     texts = corpus(reviews, 20) + ["word " * 500]  # the last one is truncated to 64 tokens
     body = await (await client.post("/v1/predict", json={"texts": texts})).json()
     got = np.array([p["probabilities"]["positive"] for p in body["predictions"]])
@@ -120,12 +128,17 @@ async def test_spread_model_orders_and_truncates(aiohttp_client, spread_model_di
 async def test_200_concurrent_requests(aiohttp_client, spread_model_dir, spread_runner, spread_encoder, reviews):
     # 200 requests at once from a client in the server's own event loop is a burst past a 200 ms
     # budget (tests/server/test_overload.py covers that): here every one must be answered.
-    client = await aiohttp_client(create_app(ServerConfig(model_dir=spread_model_dir, max_wait_ms=10,
-                                                          latency_budget_ms=0), runner=spread_runner,
-                                             encoder=spread_encoder))
+    client = await aiohttp_client(
+        create_app(
+            ServerConfig(model_dir=spread_model_dir, max_wait_ms=10, latency_budget_ms=0),
+            runner=spread_runner,
+            encoder=spread_encoder,
+        )
+    )
     texts = corpus(reviews, 200)
-    expected = np.concatenate([direct_probabilities(spread_model_dir, texts[i:i + 50])[:, 1]
-                               for i in range(0, 200, 50)])
+    expected = np.concatenate(
+        [direct_probabilities(spread_model_dir, texts[i : i + 50])[:, 1] for i in range(0, 200, 50)]
+    )
 
     async def one(text):
         resp = await client.post("/v1/predict", json={"text": text})
@@ -142,7 +155,7 @@ async def test_200_concurrent_requests(aiohttp_client, spread_model_dir, spread_
     batches, texts_run = float(samples["sentiment_batch_size_count"]), float(samples["sentiment_batch_size_sum"])
     assert texts_run == 200 and batches < 200
     assert float(samples['sentiment_batch_size_bucket{le="1.0"}']) < batches  # some batch had > 1 text
-    assert 'sentiment_padding_ratio_count' in metrics
+    assert "sentiment_padding_ratio_count" in metrics
 
 
 class FailingRunner:
@@ -165,9 +178,13 @@ class FailingRunner:
 
 
 async def test_failing_batch_then_recovery(aiohttp_client, spread_model_dir, spread_runner, spread_encoder, reviews):
-    client = await aiohttp_client(create_app(ServerConfig(model_dir=spread_model_dir, max_batch_size=4,
-                                                          max_wait_ms=20),
-                                             runner=FailingRunner(spread_runner, spread_encoder), encoder=spread_encoder))
+    client = await aiohttp_client(
+        create_app(
+            ServerConfig(model_dir=spread_model_dir, max_batch_size=4, max_wait_ms=20),
+            runner=FailingRunner(spread_runner, spread_encoder),
+            encoder=spread_encoder,
+        )
+    )
     texts = corpus(reviews, 3)
     resp = await client.post("/v1/predict", json={"texts": [texts[0], FailingRunner.marker, texts[1]]})
     assert resp.status == 500

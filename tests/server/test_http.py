@@ -1,4 +1,5 @@
 """The HTTP layer on a real loopback server with a fake model: contract, errors, overload, drain."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,10 +8,10 @@ import time
 import orjson
 import pytest
 
+from core.layout import physical_cores
 from server.app import begin_drain, wait_drained
 from server.metrics import METRIC_NAMES
 from server.openapi import SPEC
-from core.layout import physical_cores
 from server.state import BATCHER, STATE
 
 
@@ -40,26 +41,29 @@ async def test_single_and_multi_prediction_shape(serve_fake):
     assert [p["label"] for p in body["predictions"]] == ["negative", "negative", "positive", "positive"]
 
 
-@pytest.mark.parametrize("kwargs,status,code", [
-    ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "invalid_json"),
-    ({"json": ["a list"]}, 400, "invalid_request"),
-    ({"json": {"text": 5}}, 400, "invalid_request"),
-    ({"json": {"text": None}}, 400, "invalid_request"),
-    ({"json": {"texts": "not a list"}}, 400, "invalid_request"),
-    ({"json": {"texts": ["ok", 3]}}, 400, "invalid_request"),
-    ({"json": {"text": "a", "texts": ["b"]}}, 400, "invalid_request"),
-    ({"json": {"text": "a", "extra": 1}}, 400, "invalid_request"),
-    ({"data": b'{"text": "hi"}', "headers": {"Content-Type": "text/plain"}}, 415, "unsupported_media_type"),
-    ({"data": b'{"text": "hi"}'}, 415, "unsupported_media_type"),
-    ({"json": {}}, 422, "missing_text"),
-    ({"json": {"text": ""}}, 422, "empty_text"),
-    ({"json": {"text": "   \n"}}, 422, "empty_text"),
-    ({"json": {"texts": []}}, 422, "empty_text"),
-    ({"json": {"texts": ["x"] * 5}}, 422, "too_many_texts"),
-    ({"json": {"text": "x" * 101}}, 422, "text_too_long"),
-    ({"json": {"texts": ["fine", "y" * 101]}}, 422, "text_too_long"),
-    ({"json": {"text": "x " * 400}}, 413, "body_too_large"),
-])
+@pytest.mark.parametrize(
+    "kwargs,status,code",
+    [
+        ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "invalid_json"),
+        ({"json": ["a list"]}, 400, "invalid_request"),
+        ({"json": {"text": 5}}, 400, "invalid_request"),
+        ({"json": {"text": None}}, 400, "invalid_request"),
+        ({"json": {"texts": "not a list"}}, 400, "invalid_request"),
+        ({"json": {"texts": ["ok", 3]}}, 400, "invalid_request"),
+        ({"json": {"text": "a", "texts": ["b"]}}, 400, "invalid_request"),
+        ({"json": {"text": "a", "extra": 1}}, 400, "invalid_request"),
+        ({"data": b'{"text": "hi"}', "headers": {"Content-Type": "text/plain"}}, 415, "unsupported_media_type"),
+        ({"data": b'{"text": "hi"}'}, 415, "unsupported_media_type"),
+        ({"json": {}}, 422, "missing_text"),
+        ({"json": {"text": ""}}, 422, "empty_text"),
+        ({"json": {"text": "   \n"}}, 422, "empty_text"),
+        ({"json": {"texts": []}}, 422, "empty_text"),
+        ({"json": {"texts": ["x"] * 5}}, 422, "too_many_texts"),
+        ({"json": {"text": "x" * 101}}, 422, "text_too_long"),
+        ({"json": {"texts": ["fine", "y" * 101]}}, 422, "text_too_long"),
+        ({"json": {"text": "x " * 400}}, 413, "body_too_large"),
+    ],
+)
 async def test_error_cases(serve_fake, kwargs, status, code):
     client = await serve_fake(max_texts_per_request=4, max_text_chars=100, max_body_bytes=512)
     resp = await client.post("/v1/predict", **kwargs)
@@ -183,7 +187,10 @@ async def test_metrics_has_every_name(serve_fake):
     text = await resp.text()
     for name in METRIC_NAMES:
         assert f"\n# TYPE {name} " in text, name
-    assert 'sentiment_model_info{model="fake",optimization="none",quantization="none",target="cpu",version="0"} 1.0' in text
+    assert (
+        'sentiment_model_info{model="fake",optimization="none",quantization="none",target="cpu",version="0"} 1.0'
+        in text
+    )
     assert 'sentiment_requests_total{code="200",endpoint="predict"} 1.0' in text
 
 
@@ -228,7 +235,7 @@ async def test_openapi_matches_routes(serve_fake):
     documented = {(path, method.upper()) for path, ops in served["paths"].items() for method in ops}
     routed = {(r.resource.canonical, r.method) for r in client.app.router.routes() if r.method != "HEAD"}
     assert documented == routed
-    for path, ops in served["paths"].items():
+    for _path, ops in served["paths"].items():
         for op in ops.values():
             assert "200" in op["responses"]
     refs = {m for m in orjson.dumps(served).decode().split('"') if m.startswith("#/components/schemas/")}

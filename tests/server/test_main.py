@@ -1,4 +1,5 @@
 """`python -m server` and `python -m server.batch_predict` as processes and CLIs."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,15 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.modeldir import read_model_dir
 from loadtest.procs import free_port
 from server.batch_predict import main as batch_main
-from core.modeldir import read_model_dir
 from server.encoder import ModelEncoder
 from server.runner import OnnxRunner
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
 
 
 def run_module(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -30,16 +29,21 @@ def run_module(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_server_process_never_imports_torch_or_transformers():
-    code = ("import sys, server.__main__, server.app, server.batch_predict, server.runner; "
-            "bad = sorted({'torch', 'transformers', 'optimum'} & set(sys.modules)); print(bad); assert not bad")
+    code = (
+        "import sys, server.__main__, server.app, server.batch_predict, server.runner; "
+        "bad = sorted({'torch', 'transformers', 'optimum'} & set(sys.modules)); print(bad); assert not bad"
+    )
     result = run_module("-c", code)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--model-dir", "/nonexistent/model"], "does not exist"),
-    (["--max-batch-size", "-1"], "--max-batch-size must be > 0"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--model-dir", "/nonexistent/model"], "does not exist"),
+        (["--max-batch-size", "-1"], "--max-batch-size must be > 0"),
+    ],
+)
 def test_bad_start_is_one_line_and_nonzero(argv, needle, tmp_path):
     result = run_module("-m", "server", *argv)
     assert result.returncode == 2
@@ -79,11 +83,28 @@ async def test_sigterm_under_load_answers_every_accepted_request(tiny_model_dir,
     with open(log_path, "w") as log:
         # A long batching wait keeps texts queued, so SIGTERM lands while work is accepted but unanswered.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model-dir", str(tiny_model_dir), "--port", str(port),
-             "--max-wait-ms", "200", "--intra-op-threads", "1", "--drain-timeout-s", "5",
-             # A 200 ms batching window cannot meet a 200 ms latency budget: admission by budget off.
-             "--latency-budget-ms", "0"],
-            cwd=ROOT, stdout=log, stderr=log)
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "--model-dir",
+                str(tiny_model_dir),
+                "--port",
+                str(port),
+                "--max-wait-ms",
+                "200",
+                "--intra-op-threads",
+                "1",
+                "--drain-timeout-s",
+                "5",
+                # A 200 ms batching window cannot meet a 200 ms latency budget: admission by budget off.
+                "--latency-budget-ms",
+                "0",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
     outcomes: list[tuple[str, float]] = []  # (what, time answered)
     stop = asyncio.Event()
     try:
@@ -144,28 +165,42 @@ def test_batch_predict_csv_and_parquet(tmp_path, tiny_model_dir, reviews, capsys
     texts = [t for t, _ in reviews] + ["", "word " * 300]
     source = tmp_path / "in.csv"
     pd.DataFrame({"id": range(len(texts)), "text": texts}).to_csv(source, index=False)
-    assert batch_main(["--model-dir", str(tiny_model_dir), "--batch-size", "1", str(source),
-                       str(tmp_path / "out.parquet")]) == 0
+    assert (
+        batch_main(
+            ["--model-dir", str(tiny_model_dir), "--batch-size", "1", str(source), str(tmp_path / "out.parquet")]
+        )
+        == 0
+    )
     out = pd.read_parquet(tmp_path / "out.parquet")
     assert list(out["id"]) == list(range(len(texts)))
     runner = OnnxRunner(tiny_model_dir, intra_op_threads=1)
-    expected = np.stack([runner.predict([s])[0] for s in ModelEncoder(read_model_dir(tiny_model_dir)).encode(out["text"].fillna("").tolist())])
+    expected = np.stack(
+        [
+            runner.predict([s])[0]
+            for s in ModelEncoder(read_model_dir(tiny_model_dir)).encode(out["text"].fillna("").tolist())
+        ]
+    )
     assert np.allclose(out[["prob_negative", "prob_positive"]].to_numpy(), expected, atol=1e-6)
     assert list(out["label"]) == [runner.labels[i] for i in expected.argmax(axis=1)]
     assert np.allclose(out["score"], expected.max(axis=1))
 
     out.drop(columns=["label", "score"]).to_parquet(tmp_path / "again.parquet")
-    assert batch_main(["--model-dir", str(tiny_model_dir), str(tmp_path / "again.parquet"),
-                       str(tmp_path / "again.csv")]) == 0
+    assert (
+        batch_main(["--model-dir", str(tiny_model_dir), str(tmp_path / "again.parquet"), str(tmp_path / "again.csv")])
+        == 0
+    )
     again = pd.read_csv(tmp_path / "again.csv")
     assert len(again) == len(texts) and {"label", "score"} <= set(again.columns)
 
 
-@pytest.mark.parametrize("make,needle", [
-    (lambda d: pd.DataFrame({"review": ["x"]}).to_csv(d / "in.csv", index=False), "no `text` column"),
-    (lambda d: (d / "in.csv").write_text(""), "cannot read"),
-    (lambda d: None, "no such file"),
-])
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda d: pd.DataFrame({"review": ["x"]}).to_csv(d / "in.csv", index=False), "no `text` column"),
+        (lambda d: (d / "in.csv").write_text(""), "cannot read"),
+        (lambda d: None, "no such file"),
+    ],
+)
 def test_batch_predict_bad_input_is_one_line(tmp_path, tiny_model_dir, capsys, make, needle):
     make(tmp_path)
     code = batch_main(["--model-dir", str(tiny_model_dir), str(tmp_path / "in.csv"), str(tmp_path / "out.csv")])
@@ -177,8 +212,10 @@ def test_batch_predict_bad_input_is_one_line(tmp_path, tiny_model_dir, capsys, m
 def test_batch_predict_runs_as_module_without_tqdm(tmp_path, tiny_model_dir):
     source = tmp_path / "in.csv"
     pd.DataFrame({"text": ["good film", "bad film"]}).to_csv(source, index=False)
-    code = ("import sys; sys.modules['tqdm'] = None; from server.batch_predict import main; "
-            f"sys.exit(main(['--model-dir', {str(tiny_model_dir)!r}, {str(source)!r}, {str(tmp_path / 'o.csv')!r}]))")
+    code = (
+        "import sys; sys.modules['tqdm'] = None; from server.batch_predict import main; "
+        f"sys.exit(main(['--model-dir', {str(tiny_model_dir)!r}, {str(source)!r}, {str(tmp_path / 'o.csv')!r}]))"
+    )
     result = run_module("-c", code)
     assert result.returncode == 0, result.stderr
     assert "scored 2/2 texts" in result.stderr

@@ -4,6 +4,7 @@ Bounded bursts at several times the runner's capacity: with the latency budget o
 requests stay within it and the excess is refused at once; with it off (today's behaviour),
 everyone queues and answers come late.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +22,7 @@ from loadtest.procs import free_port
 from server.app import create_app
 from server.config import ServerConfig
 from server.state import SERVICE
+
 
 async def burst(client, rate: float, seconds: float, texts=None, headers=None) -> list[tuple[int, float, str]]:
     """Open-loop: a request every 1/rate s for `seconds` (bounded), each (status, latency s, code)."""
@@ -44,8 +46,9 @@ async def burst(client, rate: float, seconds: float, texts=None, headers=None) -
 
 
 async def serve(aiohttp_client, runner: SlowRunner, **overrides):
-    config = ServerConfig(**{"inference_workers": 1, "max_wait_ms": 0, "max_batch_tokens": 64,
-                             "max_queue": 1024, **overrides})
+    config = ServerConfig(
+        **{"inference_workers": 1, "max_wait_ms": 0, "max_batch_tokens": 64, "max_queue": 1024, **overrides}
+    )
     return await aiohttp_client(create_app(config, runner=runner, encoder=runner))
 
 
@@ -56,8 +59,11 @@ class SlowServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         script = Path(__file__).with_name("slow_server.py")
-        self.proc = subprocess.Popen([sys.executable, str(script), str(self.port), str(budget_ms)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(self.port), str(budget_ms)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def __enter__(self) -> SlowServer:
         deadline = time.monotonic() + 30
@@ -113,8 +119,11 @@ async def test_multi_text_requests_are_admitted_or_refused_whole(aiohttp_client)
     # Admission is whole: a request refused at the door ran none of its texts. One admitted and
     # then shed (its last text dropped from the queue while the others ran) is the only partial kind.
     text = await (await client.get("/metrics")).text()
-    shed = float(next(line for line in text.splitlines()
-                      if line.startswith('sentiment_rejected_total{reason="shed"}')).split()[-1])
+    shed = float(
+        next(line for line in text.splitlines() if line.startswith('sentiment_rejected_total{reason="shed"}')).split()[
+            -1
+        ]
+    )
     assert sum(0 < n < 3 for n in ran) <= shed
     assert sum(n == 3 for n in ran) >= sum(status == 200 for status, _, _ in results)
     assert sum(n == 0 for n in ran) >= sum(code == "overloaded" for _, _, code in results) - shed
@@ -163,7 +172,9 @@ async def test_refusals_and_the_predicted_wait_are_in_metrics(aiohttp_client):
     client = await serve(aiohttp_client, runner, latency_budget_ms=200)
     await burst(client, rate=320, seconds=1.0)
     text = await (await client.get("/metrics")).text()
-    refused = next(line for line in text.splitlines() if line.startswith('sentiment_rejected_total{reason="overloaded"}'))
+    refused = next(
+        line for line in text.splitlines() if line.startswith('sentiment_rejected_total{reason="overloaded"}')
+    )
     assert float(refused.split()[-1]) > 0
     goodput = next(line for line in text.splitlines() if line.startswith("sentiment_goodput_total "))
     assert float(goodput.split()[-1]) > 0

@@ -1,4 +1,5 @@
 """OnnxRunner on the tiny exported model, and its one-line errors for broken model directories."""
+
 from __future__ import annotations
 
 import json
@@ -39,12 +40,15 @@ def test_no_truncation_keeps_every_token(tiny_model_dir):
     assert len(encoder.encode(["word " * 200])[0]) == 202
 
 
-@pytest.mark.parametrize("breakage,needle", [
-    (lambda d: (d / "model.onnx").unlink(), "lacks model.onnx"),
-    (lambda d: (d / "config.json").write_text("{"), "unreadable json"),
-    (lambda d: (d / "config.json").write_text(json.dumps({"serving": {}})), "no id2label"),
-    (lambda d: (d / "tokenizer.json").write_text("{}"), "cannot load tokenizer"),
-])
+@pytest.mark.parametrize(
+    "breakage,needle",
+    [
+        (lambda d: (d / "model.onnx").unlink(), "lacks model.onnx"),
+        (lambda d: (d / "config.json").write_text("{"), "unreadable json"),
+        (lambda d: (d / "config.json").write_text(json.dumps({"serving": {}})), "no id2label"),
+        (lambda d: (d / "tokenizer.json").write_text("{}"), "cannot load tokenizer"),
+    ],
+)
 def test_broken_model_dir_errors(tiny_model_dir, tmp_path, breakage, needle):
     broken = tmp_path / "m"
     shutil.copytree(tiny_model_dir, broken)
@@ -73,9 +77,17 @@ def test_thread_layout_zero_fills_the_physical_cores():
     assert thread_layout(0, 2) == (cores, 2)
 
 
-@pytest.mark.parametrize("workers,intra,expected", [
-    (0, 0, (8, 1)), (1, 0, (1, 8)), (2, 0, (2, 4)), (3, 0, (3, 2)), (16, 0, (16, 1)), (0, 3, (8, 3)),
-])
+@pytest.mark.parametrize(
+    "workers,intra,expected",
+    [
+        (0, 0, (8, 1)),
+        (1, 0, (1, 8)),
+        (2, 0, (2, 4)),
+        (3, 0, (3, 2)),
+        (16, 0, (16, 1)),
+        (0, 3, (8, 3)),
+    ],
+)
 def test_thread_layout_splits_cores_among_workers(monkeypatch, workers, intra, expected):
     monkeypatch.setattr(layout_module, "physical_cores", lambda: 8)
     assert thread_layout(workers, intra) == expected
@@ -149,8 +161,8 @@ def test_runner_with_several_sessions_answers_concurrent_callers_alike(tiny_mode
 def test_default_workers_one_per_core_on_cpu_one_on_gpu(monkeypatch):
     from types import SimpleNamespace
 
-    from server.inference import inference_workers
     from server.config import ServerConfig
+    from server.inference import inference_workers
 
     monkeypatch.setattr(layout_module, "physical_cores", lambda: 4)
     cpu = SimpleNamespace(info={"providers": ["CPUExecutionProvider"]})
@@ -163,8 +175,8 @@ def test_default_workers_one_per_core_on_cpu_one_on_gpu(monkeypatch):
 def test_batch_token_budget_by_device():
     from types import SimpleNamespace
 
-    from server.inference import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, batch_limits
     from server.config import ServerConfig
+    from server.inference import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, batch_limits
 
     cpu = SimpleNamespace(info={"providers": ["CPUExecutionProvider"]})
     gpu = SimpleNamespace(info={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
@@ -187,8 +199,25 @@ def tiny_fp32_model_dir(tiny_checkpoint, tmp_path_factory):
     from exporter.__main__ import main as export_main
 
     out = tmp_path_factory.mktemp("fp32") / "model"
-    assert export_main(["--checkpoint", str(tiny_checkpoint), "--output-dir", str(out), "--quantize", "none",
-                        "--eval-samples", "8", "--max-accuracy-drop", "100", "--min-agreement", "0"]) == 0
+    assert (
+        export_main(
+            [
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--output-dir",
+                str(out),
+                "--quantize",
+                "none",
+                "--eval-samples",
+                "8",
+                "--max-accuracy-drop",
+                "100",
+                "--min-agreement",
+                "0",
+            ]
+        )
+        == 0
+    )
     return out
 
 

@@ -1,4 +1,5 @@
 """A real `python -m server` process on the tiny exported model, shared by the ship tests."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,6 @@ from loadtest.procs import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-
-
 @dataclass(frozen=True)
 class LiveServer:
     url: str
@@ -30,11 +29,19 @@ class LiveServer:
 def live_server(tiny_model_dir, tmp_path_factory):
     """Started through SENTIMENT_* variables, as the images and manifests start it."""
     port = free_port()
-    env = {**os.environ, "SENTIMENT_MODEL_DIR": str(tiny_model_dir), "SENTIMENT_HOST": "127.0.0.1",
-           "SENTIMENT_PORT": str(port), "SENTIMENT_INTRA_OP_THREADS": "1", "SENTIMENT_DRAIN_TIMEOUT_S": "5"}
+    env = {
+        **os.environ,
+        "SENTIMENT_MODEL_DIR": str(tiny_model_dir),
+        "SENTIMENT_HOST": "127.0.0.1",
+        "SENTIMENT_PORT": str(port),
+        "SENTIMENT_INTRA_OP_THREADS": "1",
+        "SENTIMENT_DRAIN_TIMEOUT_S": "5",
+    }
     log = tmp_path_factory.mktemp("live-server") / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

@@ -1,5 +1,6 @@
 """`python -m loadtest.demo`: its commands are accepted by the real CLIs, and the serving half
 runs end to end (real server process, real HTTP, real locust) on the tiny model."""
+
 from __future__ import annotations
 
 import re
@@ -71,19 +72,25 @@ def test_data_command_links_the_shared_copy_when_present(tmp_path):
 
 
 def test_metric_summary():
-    text = "\n".join([
-        "# TYPE sentiment_batch_size histogram",
-        'sentiment_batch_size_bucket{le="1.0"} 2.0',
-        "sentiment_batch_size_sum 30.0",
-        "sentiment_batch_size_count 6.0",
-        "sentiment_padding_ratio_sum 1.5",
-        "sentiment_padding_ratio_count 6.0",
-        'sentiment_requests_total{code="200",endpoint="predict"} 4.0',
-        'sentiment_requests_total{code="503",endpoint="predict"} 1.0',
-    ])
+    text = "\n".join(
+        [
+            "# TYPE sentiment_batch_size histogram",
+            'sentiment_batch_size_bucket{le="1.0"} 2.0',
+            "sentiment_batch_size_sum 30.0",
+            "sentiment_batch_size_count 6.0",
+            "sentiment_padding_ratio_sum 1.5",
+            "sentiment_padding_ratio_count 6.0",
+            'sentiment_requests_total{code="200",endpoint="predict"} 4.0',
+            'sentiment_requests_total{code="503",endpoint="predict"} 1.0',
+        ]
+    )
     assert demo.metric_totals(text)["sentiment_requests_total"] == 5.0
-    assert demo.server_summary(text) == {"batches": 6.0, "mean_batch_size": 5.0, "texts": 30.0,
-                                         "mean_padding_ratio": 0.25}
+    assert demo.server_summary(text) == {
+        "batches": 6.0,
+        "mean_batch_size": 5.0,
+        "texts": 30.0,
+        "mean_padding_ratio": 0.25,
+    }
     assert demo.server_summary("") == {"batches": 0.0}
 
 
@@ -91,8 +98,14 @@ def write_data(data_dir: Path, reviews) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     long_reviews = [(text + " " + text * 3, label) for text, label in reviews]  # 200-900 characters
     labels = [lb for _, lb in long_reviews]
-    df = pd.DataFrame({"id": range(len(long_reviews)), "rating": [10 if lb else 1 for lb in labels],
-                       "label": labels, "text": [t for t, _ in long_reviews]})
+    df = pd.DataFrame(
+        {
+            "id": range(len(long_reviews)),
+            "rating": [10 if lb else 1 for lb in labels],
+            "label": labels,
+            "text": [t for t, _ in long_reviews],
+        }
+    )
     # An ambiguous 4-star review of each label: the demo must not pick these.
     df.loc[len(df)] = [98, 4, 0, "Ambiguous, neither here nor there. " * 8]
     df.loc[len(df)] = [99, 7, 1, "Ambiguous, neither here nor there. " * 8]
@@ -120,8 +133,15 @@ def port_open(url: str) -> bool:
 def test_serving_half_end_to_end(tmp_path, tiny_model_dir, reviews, capfd):
     """An existing model dir: train/export skipped; serve, query, a 3 s SLA-gated load test, stop."""
     write_data(tmp_path / "data", reviews)
-    cfg = DemoConfig(data_dir=tmp_path / "data", model_dir=tiny_model_dir, report_dir=tmp_path / "reports",
-                     checkpoint=tmp_path / "never-written", users=2, run_time="3s", sla_p95_ms=2000)
+    cfg = DemoConfig(
+        data_dir=tmp_path / "data",
+        model_dir=tiny_model_dir,
+        report_dir=tmp_path / "reports",
+        checkpoint=tmp_path / "never-written",
+        users=2,
+        run_time="3s",
+        sla_p95_ms=2000,
+    )
     code = demo.run(cfg)
     out = capfd.readouterr().out
     assert code == 0, out[-3000:]
@@ -140,8 +160,13 @@ def test_a_broken_model_fails_the_serve_step(tmp_path, tiny_model_dir, capfd):
     broken = tmp_path / "model"
     shutil.copytree(tiny_model_dir, broken)
     (broken / "model.onnx").write_bytes(b"not an onnx graph")
-    cfg = DemoConfig(data_dir=tmp_path / "no-data", shared_data_dir=tmp_path / "no-shared", model_dir=broken,
-                     report_dir=tmp_path / "reports", ready_timeout_s=30)
+    cfg = DemoConfig(
+        data_dir=tmp_path / "no-data",
+        shared_data_dir=tmp_path / "no-shared",
+        model_dir=broken,
+        report_dir=tmp_path / "reports",
+        ready_timeout_s=30,
+    )
     cfg.data_dir.mkdir()
     for name in ("train.parquet", "test.parquet"):  # present, so the data step does not download
         (cfg.data_dir / name).write_bytes(b"")

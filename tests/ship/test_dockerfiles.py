@@ -2,6 +2,7 @@
 
 The images themselves are built and run by deploy/container_test.sh (`make test-container`).
 """
+
 from __future__ import annotations
 
 import json
@@ -158,14 +159,19 @@ def test_healthcheck_command_against_a_real_server(live_server, tmp_path):
     cmd = json.loads(args.split("CMD", 1)[1].strip())
     assert cmd[0] == "python"
     base = {k: v for k, v in os.environ.items() if k != "SENTIMENT_PORT"}
-    ok = subprocess.run([sys.executable, *cmd[1:]], env={**base, "SENTIMENT_PORT": str(live_server.port)},
-                        capture_output=True, timeout=30)
+    ok = subprocess.run(
+        [sys.executable, *cmd[1:]],
+        env={**base, "SENTIMENT_PORT": str(live_server.port)},
+        capture_output=True,
+        timeout=30,
+    )
     assert ok.returncode == 0, ok.stderr
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    down = subprocess.run([sys.executable, *cmd[1:]], env={**base, "SENTIMENT_PORT": str(closed_port)},
-                          capture_output=True, timeout=30)
+    down = subprocess.run(
+        [sys.executable, *cmd[1:]], env={**base, "SENTIMENT_PORT": str(closed_port)}, capture_output=True, timeout=30
+    )
     assert down.returncode != 0
 
 
@@ -180,8 +186,12 @@ def test_constraints_pin_every_serving_dependency():
     """Each serving requirement in pyproject.toml has an exact pin that satisfies it."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["cpu"]
-              + project["optional-dependencies"]["gpu"]]
+    wanted = [
+        Requirement(r)
+        for r in project["dependencies"]
+        + project["optional-dependencies"]["cpu"]
+        + project["optional-dependencies"]["gpu"]
+    ]
     pins = {}
     for line in (REPO / "deploy/constraints-serve.txt").read_text().splitlines():
         line = line.split("#")[0].strip()

@@ -1,4 +1,5 @@
 """Kubernetes manifests: schema-valid (kubernetes-validate, offline) and wired together."""
+
 from __future__ import annotations
 
 import copy

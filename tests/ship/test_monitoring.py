@@ -3,6 +3,7 @@
 Every series a dashboard panel or an alert reads is checked against the /metrics of a real
 server process, so a renamed metric or label breaks this test, not the dashboard in production.
 """
+
 from __future__ import annotations
 
 import json
@@ -160,8 +161,9 @@ def scrape(url: str) -> list[tuple[str, dict[str, str]]]:
 def scraped(live_server):
     body = json.dumps({"texts": ["A wonderful film.", "A dreadful film, far too long."]}).encode()
     for _ in range(3):
-        req = urllib.request.Request(live_server.url + "/v1/predict", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            live_server.url + "/v1/predict", data=body, headers={"Content-Type": "application/json"}
+        )
         urllib.request.urlopen(req, timeout=10).read()
     series = scrape(live_server.url)
     series.append(("up", {"job": "sentiment"}))  # Prometheus' own series, not the server's
@@ -179,6 +181,8 @@ def test_every_queried_series_exists_on_a_real_server(scraped, source):
             for label, op, value in MATCHER.findall(body):
                 assert any(label in c for c in candidates), f"{name} has no label {label!r}"
                 if op == "=":  # equality must hit a real series; regexes may match only on failure
-                    assert any(c.get(label) == value for c in candidates), f'{name}{{{label}="{value}"}} matches nothing'
+                    assert any(c.get(label) == value for c in candidates), (
+                        f'{name}{{{label}="{value}"}} matches nothing'
+                    )
             checked += 1
     assert checked >= (10 if source == "dashboard" else 3)

@@ -1,4 +1,5 @@
 """The TF-IDF baseline on a tiny generated dataset: it learns, and writes the shared layout."""
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,15 @@ def test_baseline_learns_and_writes_metrics_and_plots(tiny_data, tmp_path, capsy
     test = metrics["test"]
     assert test["samples"] == 100
     assert test["accuracy"] >= 0.95  # the cue words separate the classes
-    assert set(test) >= {"accuracy", "f1_macro", "precision_macro", "recall_macro", "per_class", "confusion_matrix", "loss"}
+    assert set(test) >= {
+        "accuracy",
+        "f1_macro",
+        "precision_macro",
+        "recall_macro",
+        "per_class",
+        "confusion_matrix",
+        "loss",
+    }
     assert sum(map(sum, test["confusion_matrix"])) == 100
     assert metrics["validation"]["samples"] == 20 and metrics["train_samples"] == 180
     assert metrics["top_features"]["positive"][0] in POSITIVE
@@ -55,7 +64,16 @@ def test_baseline_learns_and_writes_metrics_and_plots(tiny_data, tmp_path, capsy
 
 def test_baseline_caps_samples(tiny_data, tmp_path):
     out = tmp_path / "capped"
-    argv = ["--data-dir", str(tiny_data), "--output-dir", str(out), "--max-train-samples", "60", "--max-eval-samples", "30"]
+    argv = [
+        "--data-dir",
+        str(tiny_data),
+        "--output-dir",
+        str(out),
+        "--max-train-samples",
+        "60",
+        "--max-eval-samples",
+        "30",
+    ]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["train_samples"], metrics["validation"]["samples"], metrics["test"]["samples"]) == (60, 20, 30)

@@ -1,4 +1,5 @@
 """Loaders for each on-disk layout, each bad-input case, and the splits' stratification."""
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,9 @@ from trainer.data import DataError, load_raw, load_splits, stratified_split
 def make_frame(n_per_class: int, offset: int = 0) -> pd.DataFrame:
     rows = []
     for i in range(n_per_class):
-        rows.append({"id": i, "rating": 9, "label": 1, "text": f"Great film number {i + offset}<br />Loved it &amp; more."})
+        rows.append(
+            {"id": i, "rating": 9, "label": 1, "text": f"Great film number {i + offset}<br />Loved it &amp; more."}
+        )
         rows.append({"id": i, "rating": 2, "label": 0, "text": f"Awful film number {i + offset}. Hated it."})
     return pd.DataFrame(rows)
 

@@ -1,4 +1,5 @@
 """Two CPU processes under torchrun (gloo) train one model with DistributedDataParallel."""
+
 from __future__ import annotations
 
 import json
@@ -36,14 +37,35 @@ def test_torchrun_two_process_gloo_run_matches_single_process(tmp_path, tiny_che
         pd.DataFrame({"label": [y for _, y in rows], "text": [t for t, _ in rows]}).to_parquet(data / f"{name}.parquet")
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "trainer", "train", "--data-dir", str(data), "--base-model", str(base),
-        "--output-dir", str(out),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "trainer",
+        "train",
+        "--data-dir",
+        str(data),
+        "--base-model",
+        str(base),
+        "--output-dir",
+        str(out),
     ]
     # 18 train reviews, 2 ranks x batch 4 -> micro-batches of 4, 4, 1 per rank,
     # accumulated 2 -> 2 updates per epoch (the second from the remainder); 2 epochs.
-    common = ("device=cpu", "grad_accum_steps=2", "epochs=2", "max_length=64", "lr=1e-2",
-              "val_fraction=0.25", "progress_bar=false", "log_every_steps=1", "keep_state=true")
+    common = (
+        "device=cpu",
+        "grad_accum_steps=2",
+        "epochs=2",
+        "max_length=64",
+        "lr=1e-2",
+        "val_fraction=0.25",
+        "progress_bar=false",
+        "log_every_steps=1",
+        "keep_state=true",
+    )
     for item in common + ("batch_size=4",):
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

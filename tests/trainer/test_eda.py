@@ -1,4 +1,5 @@
 """The data report on a tiny dataset with known lengths and words."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """`make data` without the network: linking, a local archive over file://, checksum failures."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,6 +18,7 @@ def make_archive(path: Path, n: int = 3) -> str:
     """A tiny tarball in the official layout (plus the unsup split and a vocab file that the
     converter must skip); returns its sha256."""
     with tarfile.open(path, "w:gz") as tar:
+
         def add(name: str, text: str) -> None:
             data = text.encode("utf-8")
             info = tarfile.TarInfo(name)
@@ -68,8 +70,16 @@ def test_downloads_verifies_and_converts_a_local_archive(tmp_path, capsys):
     archive.parent.mkdir()
     digest = make_archive(archive)
     out = tmp_path / "data" / "imdb"
-    argv = ["--shared-dir", str(tmp_path / "missing"), "--output-dir", str(out),
-            "--url", archive.as_uri(), "--sha256", digest]
+    argv = [
+        "--shared-dir",
+        str(tmp_path / "missing"),
+        "--output-dir",
+        str(out),
+        "--url",
+        archive.as_uri(),
+        "--sha256",
+        digest,
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "no shared copy" in printed and "checksum ok" in printed
@@ -106,7 +116,7 @@ def test_injected_opener_failure_is_one_clear_error(tmp_path):
         raise OSError("network is unreachable")
 
     config = PrepareConfig(output_dir=tmp_path / "imdb", url="https://example.invalid/a.tar.gz")
-    with pytest.raises(PrepareError, match="download failed.*network is unreachable"):
+    with pytest.raises(PrepareError, match=r"download failed.*network is unreachable"):
         prepare(config, opener=offline)
 
 

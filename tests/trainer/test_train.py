@@ -1,5 +1,6 @@
 """The training loop on a tiny random BERT: pieces (schedule, batching, accumulation) and
 whole runs through the CLI (loss falls, outputs, reload, resume after a crash)."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,9 @@ import pytest
 import torch
 import yaml
 
+import trainer.train as train_module
 from trainer.__main__ import main as cli_main
+from trainer.evaluate import to_device
 from trainer.train import (
     accumulation_groups,
     lr_factor,
@@ -20,8 +23,6 @@ from trainer.train import (
     param_groups,
     plan_batches,
 )
-import trainer.train as train_module
-from trainer.evaluate import to_device
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,12 @@ def data_dir(tmp_path_factory, reviews) -> Path:
     train = [(f"{text} Review number {i}.", label) for i in range(3) for text, label in reviews]
     for name, rows in (("train", train), ("test", reviews)):
         pd.DataFrame(
-            {"id": range(len(rows)), "rating": [9 if y else 2 for _, y in rows],
-             "label": [y for _, y in rows], "text": [t for t, _ in rows]}
+            {
+                "id": range(len(rows)),
+                "rating": [9 if y else 2 for _, y in rows],
+                "label": [y for _, y in rows],
+                "text": [t for t, _ in rows],
+            }
         ).to_parquet(d / f"{name}.parquet")
     return d
 
@@ -156,7 +161,9 @@ def test_classification_metrics_match_sklearn():
     assert m["confusion_matrix"] == confusion_matrix(labels, pred).tolist()
     for k, name in enumerate(("negative", "positive")):
         c = m["per_class"][name]
-        assert (c["precision"], c["recall"], c["f1"], c["support"]) == pytest.approx((prec[k], rec[k], f1[k], support[k]))
+        assert (c["precision"], c["recall"], c["f1"], c["support"]) == pytest.approx(
+            (prec[k], rec[k], f1[k], support[k])
+        )
     assert m["f1_macro"] == pytest.approx(f1.mean()) and m["samples"] == 200 and m["loss"] == 0.3
     assert classification_metrics(labels, p_pos) == {**m, "loss": None}  # [n] P(positive) works too
 
@@ -166,8 +173,17 @@ def test_classification_metrics_match_sklearn():
 
 def _train_argv(data_dir, base, out, *sets):
     argv = ["train", "--data-dir", str(data_dir), "--base-model", str(base), "--output-dir", str(out)]
-    defaults = ["max_length=64", "batch_size=8", "eval_batch_size=16", "lr=2e-3", "warmup_ratio=0.1",
-                "device=cpu", "progress_bar=false", "log_every_steps=1", "val_fraction=0.25"]
+    defaults = [
+        "max_length=64",
+        "batch_size=8",
+        "eval_batch_size=16",
+        "lr=2e-3",
+        "warmup_ratio=0.1",
+        "device=cpu",
+        "progress_bar=false",
+        "log_every_steps=1",
+        "val_fraction=0.25",
+    ]
     for item in defaults + list(sets):
         argv += ["--set", item]
     return argv
@@ -176,8 +192,9 @@ def _train_argv(data_dir, base, out, *sets):
 def test_train_cli_loss_falls_and_writes_reloadable_checkpoint(tmp_path, data_dir, tiny_checkpoint, reviews):
     out = tmp_path / "run"
     # a random tiny BERT needs ~30 updates at a high lr before it starts to fit
-    code = cli_main(_train_argv(data_dir, tiny_checkpoint, out, "epochs=10", "lr=5e-3",
-                                "truncation=head+tail", "head_tokens=16"))
+    code = cli_main(
+        _train_argv(data_dir, tiny_checkpoint, out, "epochs=10", "lr=5e-3", "truncation=head+tail", "head_tokens=16")
+    )
     assert code == 0
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 10
@@ -200,8 +217,14 @@ def test_train_cli_loss_falls_and_writes_reloadable_checkpoint(tmp_path, data_di
     saved = yaml.safe_load((out / "training_config.yaml").read_text())
     assert saved["max_length"] == 64 and saved["truncation"] == "head+tail" and saved["head_tokens"] == 16
     assert saved["base_model"] == str(tiny_checkpoint)
-    for name in ("curves.png", "confusion_matrix.png", "confidence_histogram.png", "train.log",
-                 "tokenizer.json", "model.safetensors"):
+    for name in (
+        "curves.png",
+        "confusion_matrix.png",
+        "confidence_histogram.png",
+        "train.log",
+        "tokenizer.json",
+        "model.safetensors",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert not (out / "state").exists()  # optimizer state is dropped after a finished run
 
@@ -221,7 +244,14 @@ def test_train_cli_loss_falls_and_writes_reloadable_checkpoint(tmp_path, data_di
 
 def test_resume_after_crash_reproduces_uninterrupted_run(tmp_path, data_dir, tiny_checkpoint, monkeypatch):
     # accumulation 2 over 3 micro-batches: 2 updates per epoch, the second from a lone remainder
-    sets = ("epochs=2", "grad_accum_steps=2", "save_state_every_steps=1", "keep_state=true", "group_by_length=true", "resume=true")
+    sets = (
+        "epochs=2",
+        "grad_accum_steps=2",
+        "save_state_every_steps=1",
+        "keep_state=true",
+        "group_by_length=true",
+        "resume=true",
+    )
     assert cli_main(_train_argv(data_dir, tiny_checkpoint, tmp_path / "a", *sets)) == 0
 
     real_step, calls = train_module.optimizer_step, {"n": 0}

@@ -1,4 +1,5 @@
 """TrainConfig: YAML + --set overrides, typed parsing, and one-line CLI errors (exit 2)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,7 +57,7 @@ def test_set_values_are_typed_and_checked(item, fragment):
 def test_yaml_unknown_key_and_bad_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: 1e-4\nbatchsize: 8\n")
-    with pytest.raises(ConfigError, match="bad.yaml: unknown key 'batchsize'"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'batchsize'"):
         build_config(bad)
     with pytest.raises(ConfigError, match="config file not found"):
         build_config(tmp_path / "missing.yaml")
@@ -87,8 +88,9 @@ def test_cli_bad_input_is_one_line_exit_2(argv, fragment, capsys, tmp_path):
 
 
 def test_cpu_rejects_fp16_and_missing_cuda(tmp_path, capsys):
-    from trainer.train import resolve_device, resolve_precision
     import torch
+
+    from trainer.train import resolve_device, resolve_precision
 
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         resolve_precision("fp16", torch.device("cpu"))
