@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -53,11 +54,11 @@ class TruncationConfig:
         if self.strategy == "head+tail" and not 0 < self.head_tokens < self.max_length - 2:
             raise ValueError(f"head_tokens must be in (0, max_length - 2), got {self.head_tokens}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> TruncationConfig:
+    def from_dict(cls, data: dict[str, Any]) -> TruncationConfig:
         return cls(
             max_length=int(data.get("max_length", cls.max_length)),
             strategy=str(data.get("strategy", data.get("truncation", cls.strategy))),
@@ -102,7 +103,7 @@ class TextEncoder:
         for name in names:
             token_id = self._tok.token_to_id(name)
             if token_id is not None:
-                return token_id
+                return int(token_id)
         raise ValueError(f"tokenizer has none of the special tokens {names}")
 
     def encode_batch(self, texts: Sequence[str], clean: bool = True) -> list[np.ndarray]:

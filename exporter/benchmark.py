@@ -28,6 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,8 +80,8 @@ def _features(model, name: str, encoder, texts: list[str]) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for start in range(0, len(texts), 32):
-            ids, mask = pad_batch(encoder.encode_batch(texts[start : start + 32]), encoder.pad_id)
-            ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+            np_ids, np_mask = pad_batch(encoder.encode_batch(texts[start : start + 32]), encoder.pad_id)
+            ids, mask = torch.from_numpy(np_ids), torch.from_numpy(np_mask)
             if name == "minilm":
                 out.append(model.bert(input_ids=ids, attention_mask=mask).pooler_output.numpy())
             else:
@@ -150,7 +151,7 @@ def build_variants(ckpt, out_dir: Path, names: list[str]) -> dict[str, Path]:
         if per_channel is None:
             optimize.fuse(fp32, dst, model_type, level)
         else:
-            optimize.optimize_then_quantize(fp32, dst, model_type, level, isa, per_channel, embeddings)
+            optimize.optimize_then_quantize(fp32, dst, model_type, level, isa, per_channel, bool(embeddings))
         paths[name] = dst
     return paths
 
@@ -168,7 +169,7 @@ def latency(model, sessions: dict, cfg: BenchmarkConfig, vocab_size: int) -> dic
     inputs = {b: rng.integers(1000, vocab_size, size=(b, cfg.seq_len), dtype=np.int64) for b in (1, 32)}
     calls = {1: 3, 32: 1}  # batch 1 is cheap and noisy: more samples per round
     engines = {"pytorch fp32 eager": None, **sessions}
-    times = {(e, b): [] for e in engines for b in inputs}
+    times: dict[tuple[str, int], list[float]] = {(e, b): [] for e in engines for b in inputs}
     for round_ in range(cfg.repeats + 1):  # round 0 warms up and is discarded
         for engine, session in engines.items():
             for b, ids in inputs.items():
@@ -217,6 +218,7 @@ def run_model(name: str, cfg: BenchmarkConfig, splits) -> dict:
     from exporter.export import load_checkpoint
 
     if name == "checkpoint":
+        assert cfg.checkpoint is not None  # main() refuses model 'checkpoint' without --checkpoint
         ckpt = load_checkpoint(cfg.checkpoint)
     else:
         ckpt = load_checkpoint(build_checkpoint(name, cfg.work_dir / name / "checkpoint", cfg, splits))
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.data import load_splits
 
         splits = load_splits(cfg.data_dir)
-    results = {
+    results: dict[str, Any] = {
         "config": {k: str(v) for k, v in vars(cfg).items()},
         "cpu_count": os.cpu_count(),
         "load_average_start": os.getloadavg(),

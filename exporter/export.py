@@ -6,6 +6,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.checkpoint import CheckpointError, check_checkpoint_dir, read_training_config
 from core.tokenization import TextEncoder, TruncationConfig
@@ -19,7 +20,7 @@ class Checkpoint:
     hf_config: dict
     training_config: dict
     truncation: TruncationConfig
-    model: object  # transformers PreTrainedModel, eval mode
+    model: Any  # transformers PreTrainedModel, eval mode (torch is imported only when loading)
 
     @property
     def tokenizer_file(self) -> Path:

@@ -8,8 +8,10 @@ labels is therefore the graph's, not the tokenizer's.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,17 +42,18 @@ def load_eval_set(
     the reviews come from the validation split the trainer held out.
     """
     explicit = data_dir is not None
-    data_dir = Path(data_dir) if explicit else DEFAULT_DATA_DIR
-    if data_dir.is_dir():
-        return _load_reviews(data_dir, n, seed, training_config or {})
+    directory = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+    if directory.is_dir():
+        return _load_reviews(directory, n, seed, training_config or {})
     if explicit:
-        raise EvalDataError(f"--eval-data {data_dir} is not a directory")
+        raise EvalDataError(f"--eval-data {directory} is not a directory")
     return _random_text(n, seed, vocab)
 
 
 def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict) -> EvalSet:
     import pandas as pd
 
+    load_splits: Callable[..., Any] | None
     try:
         from trainer.data import load_splits
     except ImportError:  # exporter installed without the trainer: read parquet directly
@@ -106,9 +109,11 @@ def parity_report(model, session, encoder: TextEncoder, eval_set: EvalSet) -> di
     }
     if eval_set.labels is not None:
         labels = np.asarray(eval_set.labels)
-        report["pytorch_accuracy"] = float((pt_label == labels).mean())
-        report["onnx_accuracy"] = float((ox_label == labels).mean())
-        report["accuracy_drop_points"] = 100.0 * (report["pytorch_accuracy"] - report["onnx_accuracy"])
+        pytorch_accuracy = float((pt_label == labels).mean())
+        onnx_accuracy = float((ox_label == labels).mean())
+        report["pytorch_accuracy"] = pytorch_accuracy
+        report["onnx_accuracy"] = onnx_accuracy
+        report["accuracy_drop_points"] = 100.0 * (pytorch_accuracy - onnx_accuracy)
     return report
 
 

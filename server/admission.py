@@ -233,12 +233,12 @@ def steer(threshold: float, measured: float, goal: float, lowest: float, highest
     return min(highest, max(lowest, threshold * factor))
 
 
-def quantile_of(values: Sequence[float] | deque, q: float) -> float:
+def quantile_of(values: Sequence[float] | deque[float], q: float) -> float:
     """The q-quantile (nearest rank) of `values`; 0.0 when empty."""
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
 
 
 class TokenEstimate:

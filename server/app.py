@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -46,7 +47,7 @@ def create_app(
     return app
 
 
-async def _model_ctx(app: web.Application):
+async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
     """Load (if not given) and warm up the model off the event loop, start the inference
     layer (seeded with the warm-up's batch timings); then ready. On cleanup, the reverse."""
     config, state, loop = app[CONFIG], app[STATE], asyncio.get_running_loop()

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -116,13 +117,13 @@ async def _score(model: ServedModel, texts: Sequence[str], batch_size: int, prog
     return probs
 
 
-def _read(path: Path):
+def _read(path: Path) -> Any:  # a pandas DataFrame (pandas is optional here)
     import pandas as pd
 
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
-def _write(frame, path: Path) -> None:
+def _write(frame: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     if path.suffix == ".parquet":

@@ -17,8 +17,8 @@ Several workers share one ONNX Runtime session (its `run` is thread-safe). On a 
 single-threaded runs side by side do more work per second than one run split across two
 threads, which waits at every parallel section for its slower half (docs/BENCHMARKS.md).
 
-The policy is two pure functions (`dispatch_delay`, `select_batch`) so it can be tested
-with numbers, without an event loop. The model code (`run_batch`) receives a list of id
+The policy is two pure functions (server/batching.py: `dispatch_delay`, `select_batch`) so it
+can be tested with numbers, without an event loop. The model code (`run_batch`) receives a list of id
 arrays and returns one probability row per array; it knows nothing of queues or HTTP.
 
 For latency-aware admission (server/admission.py) the batcher reports its `backlog` (what is
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server.admission import Backlog, estimated_batches
+from server.batching import BatchLimits, dispatch_delay, select_batch
 from server.costmodel import BatchCostModel
 from server.metrics import Metrics
 
@@ -73,17 +74,6 @@ class ShuttingDown(Exception):
 
 
 @dataclass(frozen=True)
-class BatchLimits:
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
-    max_wait_s: float = 0.005
-    # Most padding a batch of several texts may carry (share of its padded tokens). On a CPU
-    # a padded token costs what a real one does, so a long and a short text are cheaper in
-    # two batches (run side by side by two workers) than padded into one. 1.0: no limit.
-    max_padding: float = 1.0
-
-
-@dataclass(frozen=True)
 class BatchResult:
     probabilities: np.ndarray
     batch_size: int
@@ -92,7 +82,7 @@ class BatchResult:
 @dataclass(eq=False)
 class Entry:
     ids: np.ndarray
-    future: asyncio.Future
+    future: asyncio.Future[BatchResult]
     arrival: float
     deadline: float
     shed_at: float = float("inf")  # latest start that still meets the latency budget
@@ -100,62 +90,6 @@ class Entry:
 
     def __post_init__(self) -> None:
         self.tokens = len(self.ids)
-
-
-def dispatch_delay(n_pending: int, longest: int, oldest_wait_s: float, limits: BatchLimits) -> float | None:
-    """Seconds a free worker should wait before taking the next batch: 0 = now, None =
-    nothing pending (wait for a text).
-
-    Only a free worker asks, so while every worker is busy the batch keeps growing for free.
-    A batch is full when no further text could join it: any newcomer pads to at least
-    `longest`, so once one more text of that width would pass the token budget, waiting only
-    idles a worker (on CPU, with a budget of 256, that is every text over 128 tokens).
-    """
-    if n_pending == 0:
-        return None
-    full = n_pending >= limits.max_batch_size or (n_pending + 1) * longest > limits.max_batch_tokens
-    if full:
-        return 0.0
-    return max(0.0, limits.max_wait_s - oldest_wait_s)
-
-
-def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
-    """Indices (into `lengths`, oldest first) of the next batch.
-
-    The oldest text is always in it, so nothing starves. When everything pending fits,
-    everything goes. Otherwise the batch is a run of similar lengths around the oldest
-    text: as many texts as fit, then least padding (batches are padded to their longest).
-    "Fits": at most max_batch_size texts, max_batch_tokens padded tokens and a share of
-    padding of at most max_padding (a text alone always fits).
-    """
-    n = len(lengths)
-    if n == 0:
-        return []
-
-    def fits(k: int, width: int, total: int) -> bool:
-        return k == 1 or (width * k <= limits.max_batch_tokens and total >= (1.0 - limits.max_padding) * width * k)
-
-    if n <= limits.max_batch_size and fits(n, max(lengths), sum(lengths)):
-        return list(range(n))
-    order = sorted(range(n), key=lambda i: (lengths[i], i))
-    sorted_lengths = [lengths[i] for i in order]
-    prefix = [0]
-    for value in sorted_lengths:
-        prefix.append(prefix[-1] + value)
-    p = order.index(0)
-    for k in range(min(limits.max_batch_size, n), 0, -1):
-        best: tuple[int, int] | None = None
-        for start in range(max(0, p - k + 1), min(p, n - k) + 1):
-            end = start + k
-            width, total = sorted_lengths[end - 1], prefix[end] - prefix[start]
-            if not fits(k, width, total):
-                continue
-            waste = width * k - total
-            if best is None or waste < best[0]:
-                best = (waste, start)
-        if best is not None:
-            return sorted(order[best[1] : best[1] + k])
-    return [0]
 
 
 class MicroBatcher:
@@ -185,7 +119,7 @@ class MicroBatcher:
         self._wake = asyncio.Event()  # the watchdog's earliest deadline moved earlier
         self._armed = float("inf")  # the deadline the watchdog's timer is set for (loop thread only)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._threads: list[threading.Thread] = []
         # What the queue holds, recounted at every change (under the lock) for `backlog`:
         # (small texts, their tokens, big texts, their tokens); big = over half the token budget.
@@ -217,7 +151,7 @@ class MicroBatcher:
 
     def submit(
         self, seqs: Sequence[np.ndarray], deadline: float, shed_at: Sequence[float] | None = None
-    ) -> list[asyncio.Future]:
+    ) -> list[asyncio.Future[BatchResult]]:
         """Queue all texts of one request, or none of them (QueueFull) - never a wait.
         `shed_at` (one per text): latest starts, past which a queued text is shed."""
         loop = asyncio.get_running_loop()
@@ -267,7 +201,7 @@ class MicroBatcher:
                 with self._cond:
                     failed, self._pending = self._pending, []
                     self._set_depth()
-                self._loop.call_soon_threadsafe(_fail, failed, BatchFailed("batching error"))
+                self._post(_fail, failed, BatchFailed("batching error"))
                 time.sleep(0.01)
                 continue
             if batch is None:
@@ -285,14 +219,14 @@ class MicroBatcher:
                 log.error("inference batch of %d texts failed: %r", len(batch), exc, exc_info=exc)
                 if self._metrics:
                     self._metrics.batch_failures.inc()
-                self._loop.call_soon_threadsafe(_fail, batch, BatchFailed("inference failed for this batch"))
+                self._post(_fail, batch, BatchFailed("inference failed for this batch"))
                 continue
             self._running.pop(index, None)
             if self.cost is not None:
                 self.cost.observe(tokens, seconds)
             if self._metrics:
                 self._metrics.inference_duration.observe(seconds)
-            self._loop.call_soon_threadsafe(_answer, batch, probs)
+            self._post(_answer, batch, probs)
 
     def _take(self, index: int = -1) -> list[Entry] | None:
         """Block until a batch is due (see dispatch_delay) and take it; None when stopping."""
@@ -379,7 +313,13 @@ class MicroBatcher:
                 if self._metrics:
                     for entry in entries:
                         self._metrics.queue_wait.observe(now - entry.arrival)
-                self._loop.call_soon_threadsafe(_fail, entries, exc)
+                self._post(_fail, entries, exc)
+
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        """Run `callback(*args)` on the event loop: futures are resolved only from its thread."""
+        if self._loop is None:
+            raise RuntimeError("MicroBatcher used before start()")
+        self._loop.call_soon_threadsafe(callback, *args)
 
     def _set_depth(self) -> None:
         """Under the lock, after every change to the queue: its counts for `backlog` and the gauge."""

@@ -11,9 +11,11 @@ import uuid
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from server import batcher as b
 from server import inference
+from server.config import ServerConfig
 from server.errors import ApiError
 from server.schemas import check_content_type, parse_predict_body
 from server.state import BATCH_SIZE, CONFIG, METRICS, MODEL, REJECT_REASON, REQUEST_ID, SERVICE, STATE, TEXT_COUNT
@@ -24,7 +26,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 BUDGET_HEADER = "X-Latency-Budget-Ms"
 
 
-def json_response(data, status: int = 200, headers: dict | None = None) -> web.Response:
+def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
         status=status,
@@ -87,7 +89,7 @@ async def predict(request: web.Request) -> web.Response:
             state.idle.set()
 
 
-async def _predict(request: web.Request, config, service: inference.InferenceService) -> web.Response:
+async def _predict(request: web.Request, config: ServerConfig, service: inference.InferenceService) -> web.Response:
     """Parse, call the inference layer, serialise."""
     arrival = asyncio.get_running_loop().time()
     budget = service.effective_budget(requested_budget(request))
@@ -178,7 +180,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 @web.middleware
-async def observe_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: request id, model headers, request metrics and one JSON access-log line."""
     start = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
@@ -188,7 +190,7 @@ async def observe_middleware(request: web.Request, handler) -> web.StreamRespons
     endpoint = route.name or "unmatched"
     status = 499  # the client went away before we answered
     try:
-        response = await handler(request)
+        response: web.StreamResponse = await handler(request)
         status = response.status
         response.headers["X-Request-ID"] = request_id
         model = request.app.get(MODEL)

@@ -19,12 +19,14 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from core.layout import thread_layout, uses_cuda
 from server import admission
-from server.batcher import BatchLimits, BatchResult, MicroBatcher, QueueFull
+from server.batcher import BatchResult, MicroBatcher, QueueFull
+from server.batching import BatchLimits
 from server.config import ServerConfig
 from server.costmodel import seeded
 from server.encoder import Encoder
@@ -65,7 +67,7 @@ class Answer:
     batch_size: int  # the largest batch any of the texts ran in
     labels: tuple[str, ...]
 
-    def predictions(self) -> list[dict]:
+    def predictions(self) -> list[dict[str, Any]]:
         out = []
         for probs in self.probabilities:
             best = int(np.argmax(probs))
@@ -313,11 +315,11 @@ class InferenceService:
             self.metrics.batch_cost.labels("per_batch").set(line.per_batch)
             self.metrics.admission_threshold.set(self.threshold_in_force(asyncio.get_running_loop().time()))
 
-    def model_info(self) -> dict:
+    def model_info(self) -> dict[str, Any]:
         """The runner's facts (name, version, quantization, providers...) and the encoder's."""
         return {**self.runner.info, "truncate": self.config.truncate}
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         """Batching and admission as resolved at start-up, for GET /v1/model."""
         line = self.cost.line
         return {

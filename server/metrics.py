@@ -7,6 +7,8 @@ sets (route names, status codes, rejection reasons), never from request data.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Dense around the 5-500 ms range that the 200 ms SLA lives in.
@@ -175,7 +177,7 @@ class Metrics:
         for reason in REJECT_REASONS:  # exported at 0 from the start, so rate() works
             self.rejected.labels(reason)
 
-    def set_model_info(self, info: dict) -> None:
+    def set_model_info(self, info: dict[str, Any]) -> None:
         self.model_info.labels(
             model=str(info.get("model_name", "unknown")),
             version=str(info.get("model_version", "unknown")),

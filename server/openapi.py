@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from aiohttp import web
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
-def _json(schema: dict, description: str) -> dict:
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _error(description: str) -> dict:
+def _error(description: str) -> dict[str, Any]:
     return _json(_ERROR, description)
 
 
@@ -25,7 +27,7 @@ _COMMON_HEADERS = {
     "X-Model-Version": {"description": "served model version", "schema": {"type": "string"}},
 }
 
-SPEC: dict = {
+SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
         "title": "IMDB sentiment service",

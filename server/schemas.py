@@ -65,7 +65,7 @@ def parse_predict_body(body: bytes, max_texts: int, max_chars: int) -> tuple[lis
     return texts, single
 
 
-def _type(value) -> str:
+def _type(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 

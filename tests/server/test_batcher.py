@@ -11,14 +11,12 @@ import pytest
 
 from server.batcher import (
     BatchFailed,
-    BatchLimits,
     DeadlineExceeded,
     MicroBatcher,
     QueueFull,
     ShuttingDown,
-    dispatch_delay,
-    select_batch,
 )
+from server.batching import BatchLimits, dispatch_delay, select_batch
 from server.metrics import Metrics
 
 LIMITS = BatchLimits(max_batch_size=4, max_batch_tokens=100, max_wait_s=0.01)
