@@ -1,39 +1,79 @@
-"""`python -m trainer {train,baseline,eda,data} ...`: one entry point, one module per command.
+"""`python -m trainer {train,data,baseline,eda} ...`: one parser, one settings dataclass per command.
 
-Commands are imported lazily so `data` and `eda` do not pay for importing torch.
+core.cli builds each subcommand's flags from its settings (TrainArgs, PrepareConfig, BaselineConfig,
+EdaConfig); a bad flag or value is one line on stderr (`error: ...`) and exit 2. The training loop
+is imported only for `train`, so the other commands do not pay for importing torch.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from core import cli
+from trainer.baseline import BaselineConfig
+from trainer.config import TrainArgs, cli_description, config_keys_help
+from trainer.eda import EdaConfig
+from trainer.prepare import PrepareConfig
+
+PROG = "python -m trainer"
+
+
+@dataclass(frozen=True)
+class Command:
+    settings: type
+    module: str  # its `command(settings) -> int` runs the command
+    help: str
+    epilog: str = ""
+
 
 COMMANDS = {
-    "train": ("trainer.train", "fine-tune a transformer (also under torchrun for DDP)"),
-    "baseline": ("trainer.baseline", "TF-IDF + logistic regression baseline"),
-    "eda": ("trainer.eda", "data report: class balance, lengths, frequent words"),
-    "data": ("trainer.prepare", "put the IMDB dataset in place"),
+    "train": Command(
+        TrainArgs, "trainer.loop", "fine-tune a transformer (also under torchrun for DDP)", config_keys_help()
+    ),
+    "baseline": Command(BaselineConfig, "trainer.baseline", "TF-IDF + logistic regression baseline"),
+    "eda": Command(EdaConfig, "trainer.eda", "data report: class balance, lengths, frequent words"),
+    "data": Command(PrepareConfig, "trainer.prepare", "put the IMDB dataset in place"),
 }
 
 
-def usage() -> str:
-    lines = ["usage: python -m trainer {" + ",".join(COMMANDS) + "} [options]", ""]
-    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`python -m trainer COMMAND --help` lists a command's options."]
-    return "\n".join(lines)
+def build_parser() -> cli.OneLineParser:
+    parser = cli.OneLineParser(
+        prog=PROG,
+        description="Train, baseline and inspect the IMDB sentiment model.",
+        epilog=f"`{PROG} COMMAND --help` lists a command's options.",
+    )
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        sub = subcommands.add_parser(
+            name,
+            help=command.help,
+            description=cli_description(command.settings),
+            epilog=command.epilog or None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,  # the epilog's lines as written
+        )
+        cli.add_fields(sub, command.settings)
+    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage(), file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"error: unknown command {command!r} (expected one of {', '.join(COMMANDS)})", file=sys.stderr)
+    parser = build_parser()
+    if not argv:
+        parser.print_help(sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    if not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        return cli.fail("", f"unknown command {argv[0]!r} (expected one of {', '.join(COMMANDS)})")
+    try:
+        namespace = parser.parse_args(argv)
+        command = COMMANDS[namespace.command]
+        settings: object = cli.from_namespace(parser, command.settings, namespace)
+    except SystemExit as exc:  # --help (0), or a bad flag already reported in one line (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    return int(importlib.import_module(command.module).command(settings))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ Precedence, lowest to highest: field defaults, `--config` YAML, `--set key=value
 (in order, later wins), then the flags `--data-dir`, `--base-model`, `--output-dir`.
 Values are parsed to the field's type and unknown keys are rejected, so a typo in a
 sweep fails before hours of training rather than being silently ignored.
+
+`TrainArgs` is the `train` command line itself (core.cli makes its flags); its
+`train_config()` applies the precedence above.
 """
 
 from __future__ import annotations
@@ -11,18 +14,18 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
+from core import cli
+from core.cli import opt
 from core.tokenization import TruncationConfig
 
 PACKAGED_MINILM = "packaged-minilm"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 _NONE = {"none", "null", "~", ""}
 
 
@@ -114,13 +117,7 @@ def _parse_value(key: str, raw, annotation) -> object:
         return None
     try:
         if annotation is bool:
-            if isinstance(text, bool):
-                return text
-            if str(text).lower() in _TRUE:
-                return True
-            if str(text).lower() in _FALSE:
-                return False
-            raise ValueError
+            return text if isinstance(text, bool) else cli.parse_bool(str(text))
         if annotation is int:
             if isinstance(text, bool) or (isinstance(text, float) and not text.is_integer()):
                 raise ValueError
@@ -192,44 +189,62 @@ def build_config(
     return TrainConfig(**values)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing usage and exiting: the CLI prints one line."""
+@dataclass(frozen=True)
+class TrainArgs:
+    """Fine-tune a transformer for IMDB sentiment (also under torchrun for DDP).
 
-    def error(self, message: str):
-        raise ConfigError(message)
+    The command line of `python -m trainer train`: where the TrainConfig comes from. The three
+    flags default to None, "not given", so that a YAML or `--set` value stands unless a flag
+    overrides it.
+    """
+
+    config: str | None = field(default=None, metadata=opt("YAML file of TrainConfig keys", metavar="PATH"))
+    set: list[str] = field(  # named for its flag, `--set`
+        default_factory=list,
+        metadata=opt(
+            "override any config key (repeatable), e.g. --set lr=3e-5 --set max_steps=none", metavar="KEY=VALUE"
+        ),
+    )
+    data_dir: str | None = field(
+        default=None, metadata=opt("dataset directory (train/test parquet, aclImdb/ tree or CSV)", metavar="DIR")
+    )
+    base_model: str | None = field(
+        default=None, metadata=opt(f"HF model id, local path, or {PACKAGED_MINILM!r}", metavar="MODEL")
+    )
+    output_dir: str | None = field(default=None, metadata=opt("checkpoint and report directory", metavar="DIR"))
+
+    def train_config(self) -> TrainConfig:
+        """Defaults <- `--config` <- `--set` <- the flags; raises ConfigError naming the bad key."""
+        return build_config(
+            self.config, self.set, data_dir=self.data_dir, base_model=self.base_model, output_dir=self.output_dir
+        )
 
 
-def make_parser() -> argparse.ArgumentParser:
+def config_keys_help() -> str:
+    """The epilog of `train --help`: every key YAML and `--set` accept, with its default."""
     keys = "\n".join(f"  {f.name} = {f.default!r}" for f in fields(TrainConfig))
-    parser = _Parser(
+    return f"config keys (YAML or --set) and their defaults:\n{keys}"
+
+
+def make_parser() -> cli.OneLineParser:
+    """The `train` command's parser on its own (`python -m trainer` builds the same as a subcommand)."""
+    parser = cli.OneLineParser(
         prog="python -m trainer train",
-        description="Fine-tune a transformer for IMDB sentiment (also under torchrun for DDP).",
-        epilog=f"config keys (YAML or --set) and their defaults:\n{keys}",
+        description=cli_description(TrainArgs),
+        epilog=config_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="YAML file of TrainConfig keys")
-    parser.add_argument("--data-dir", help="dataset directory (train/test parquet, aclImdb/ tree or CSV)")
-    parser.add_argument("--base-model", help=f"HF model id, local path, or {PACKAGED_MINILM!r}")
-    parser.add_argument("--output-dir", help="checkpoint and report directory")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key (repeatable), e.g. --set lr=3e-5 --set max_steps=none",
-    )
+    cli.add_fields(parser, TrainArgs)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return build_config(
-        args.config,
-        args.sets,
-        data_dir=args.data_dir,
-        base_model=args.base_model,
-        output_dir=args.output_dir,
-    )
+    return TrainArgs(**{f.name: getattr(args, f.name) for f in fields(TrainArgs)}).train_config()
+
+
+def cli_description(settings: type) -> str:
+    """A settings dataclass's docstring, first line: its command's one-line description."""
+    return (settings.__doc__ or "").strip().splitlines()[0]
 
 
 def resolve_base_model(name: str) -> str:

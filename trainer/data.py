@@ -7,30 +7,34 @@ Layouts, detected in this order inside `data_dir`:
      or one CSV file (`data_dir` may be the file itself), from which a stratified test split is carved.
 
 Every problem with the input raises `DataError` with one line naming the file and the problem,
-so a CLI can print it as is.
+so a CLI can print it as is. Below the loaders: the splits tokenized for training (`Encoded`)
+and each epoch's plan of micro-batches (`plan_batches`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core.labels import ID2LABEL, LABEL2ID
-from core.tokenization import clean_text
+from core.labels import LABEL2ID
+from core.tokenization import TextEncoder, clean_text
 
 log = logging.getLogger(__name__)
 
-LABEL_NAMES = ID2LABEL
-CSV_LABELS = LABEL2ID
 # A single CSV (the Kaggle "IMDB Dataset.csv" holds all 50k labelled reviews) gets half
 # of it as test split: the same 25k/25k proportion as the official benchmark.
 CSV_TEST_FRACTION = 0.5
 _ACL_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
+# Reviews per length-sorted "mega-batch": large enough that batches pad little, small
+# enough that batch order stays well shuffled.
+MEGABATCH_BATCHES = 50
 
 
 class DataError(Exception):
@@ -70,7 +74,8 @@ def _validate(df: pd.DataFrame, path: Path, text_col: str, label_col: str) -> pd
         raise DataError(path, f"missing column(s) {missing}; found {list(df.columns)}")
     labels = df[label_col]
     if label_col == "sentiment":
-        mapped = labels.astype(str).str.strip().str.lower().map(CSV_LABELS)
+        # the Kaggle CSV names the sentiments as core.labels does
+        mapped = labels.astype(str).str.strip().str.lower().map(LABEL2ID)
         bad = labels[mapped.isna()]
         if len(bad):
             raise DataError(
@@ -262,3 +267,74 @@ def load_splits(
         if len(df) == 0:
             raise DataError(data_dir, f"{name} split is empty after splitting")
     return Splits(train=train, val=val, test=test, source=source)
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A split as the model sees it: token ids (unpadded, specials included) and labels."""
+
+    seqs: list[np.ndarray]
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, df: pd.DataFrame, encoder: TextEncoder) -> Encoded:
+        return cls(encoder.encode_batch(df["text"].tolist()), df["label"].to_numpy())
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(s) for s in self.seqs])
+
+
+def encode_splits(splits: Splits, encoder: TextEncoder) -> tuple[Encoded, Encoded, Encoded]:
+    """(train, validation, test), tokenized once up front; batches are padded per batch later."""
+    t0 = time.perf_counter()
+    train, val, test = (Encoded.of(df, encoder) for df in (splits.train, splits.val, splits.test))
+    lengths, max_length = train.lengths(), encoder.truncation.max_length
+    log.info(
+        f"tokenized in {time.perf_counter() - t0:.1f}s; train tokens/review mean {lengths.mean():.0f}, "
+        f"truncated to {max_length}: {100 * (lengths >= max_length).mean():.1f}%"
+    )
+    return train, val, test
+
+
+def plan_batches(
+    lengths: Sequence[int] | np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    group_by_length: bool,
+    world_size: int = 1,
+    rank: int = 0,
+) -> list[np.ndarray]:
+    """This rank's micro-batches (index arrays) for one epoch, seeded by (seed, epoch).
+
+    Every rank computes the same global batches of `batch_size * world_size` and takes a
+    strided slice, so ranks need not talk. The index list is padded (by repeating) to a
+    multiple of `world_size` so every rank gets the same number of equally sized batches.
+    With `group_by_length`, reviews are sorted by length inside shuffled mega-batches,
+    so each batch holds similar lengths and pads little; batch order is then shuffled.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    order = np.concatenate([order, order[: (-len(order)) % world_size]])
+    global_batch = batch_size * world_size
+    if group_by_length:
+        by_index = np.asarray(lengths)
+        mega = global_batch * MEGABATCH_BATCHES
+        order = np.concatenate(
+            [
+                chunk[np.argsort(-by_index[chunk], kind="stable")]
+                for chunk in (order[i : i + mega] for i in range(0, len(order), mega))
+            ]
+        )
+    batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return [b[rank::world_size] for b in batches]
+
+
+def accumulation_groups(batches: list[np.ndarray], accum: int) -> list[list[np.ndarray]]:
+    """Micro-batches per optimizer step; the last group of an epoch may be shorter."""
+    return [batches[i : i + accum] for i in range(0, len(batches), accum)]

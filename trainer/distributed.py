@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -31,13 +35,19 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
-    def gather_objects(self, obj) -> list:
+    def gather_objects(self, obj: T) -> list[T]:
         """Every rank's `obj`, in rank order, on every rank."""
         if not self.enabled:
             return [obj]
-        out = [None] * self.world_size
+        out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """`model` in DistributedDataParallel under torchrun, else itself."""
+        if not self.enabled:
+            return model
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def any_rank(self, flag: bool) -> bool:
         """True on all ranks if `flag` is true on any: keeps ranks in lockstep on stop decisions."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from core.labels import LABELS
 
-CLASS_NAMES = LABELS
+Labels = Sequence[int] | np.ndarray  # class ids, 0 = negative, 1 = positive
 
 
 def _positive_probs(probs: np.ndarray) -> np.ndarray:
@@ -30,7 +31,7 @@ def _positive_probs(probs: np.ndarray) -> np.ndarray:
     return probs
 
 
-def classification_metrics(labels: Sequence[int], probs, loss: float | None = None) -> dict:
+def classification_metrics(labels: Labels, probs: np.ndarray, loss: float | None = None) -> dict[str, Any]:
     """Accuracy, per-class and macro precision/recall/F1, confusion matrix, count, loss.
 
     `probs` is P(positive) per sample ([n]) or class probabilities ([n, 2]); the
@@ -48,7 +49,7 @@ def classification_metrics(labels: Sequence[int], probs, loss: float | None = No
     np.add.at(cm, (y, pred), 1)
 
     per_class = {}
-    for k, name in enumerate(CLASS_NAMES):
+    for k, name in enumerate(LABELS):
         tp = int(cm[k, k])
         predicted = int(cm[:, k].sum())
         actual = int(cm[k, :].sum())
@@ -72,9 +73,9 @@ def classification_metrics(labels: Sequence[int], probs, loss: float | None = No
 
 def save_plots(
     out_dir: str | Path,
-    history: list[dict] | None,
-    labels: Sequence[int],
-    probs,
+    history: list[dict[str, Any]] | None,
+    labels: Labels,
+    probs: np.ndarray,
     prefix: str = "",
 ) -> list[Path]:
     """Write PNGs: loss/accuracy curves (when `history` has entries), confusion matrix,
@@ -124,8 +125,8 @@ def save_plots(
     cm = classification_metrics(y, p_pos)["confusion_matrix"]
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(cm, cmap="Blues")
-    ax.set_xticks([0, 1], CLASS_NAMES)
-    ax.set_yticks([0, 1], CLASS_NAMES)
+    ax.set_xticks([0, 1], LABELS)
+    ax.set_yticks([0, 1], LABELS)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix")
@@ -144,7 +145,7 @@ def save_plots(
     confidence = np.maximum(p_pos, 1 - p_pos)
     correct = (p_pos >= 0.5).astype(np.int64) == y
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(0.5, 1.0, 26)
+    bins = np.linspace(0.5, 1.0, 26).tolist()
     ax.hist(
         [confidence[correct], confidence[~correct]],
         bins=bins,

@@ -8,19 +8,20 @@ files (id, rating, label, text), sorted by label then id.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import re
-import sys
 import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
+
+from core import cli
+from core.cli import opt
 
 ACL_IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 # The Stanford page publishes no checksum; this SHA-256 of the 84,125,825-byte archive is
@@ -41,12 +42,21 @@ class PrepareError(Exception):
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    output_dir: Path = Path("data/imdb")
-    shared_dir: Path | None = None
-    url: str = ACL_IMDB_URL
-    sha256: str = ACL_IMDB_SHA256
-    download_dir: Path | None = None  # default: <output_dir's parent>/downloads
-    timeout_s: float = 60.0
+    """Put the IMDB dataset in place: link a shared copy, or download and convert the archive."""
+
+    output_dir: Path = field(
+        default=Path("data/imdb"),
+        metadata=opt("where train/test.parquet end up (default %(default)s)", metavar="DIR"),
+    )
+    shared_dir: Path | None = field(
+        default=None, metadata=opt("a shared copy to link instead of downloading", metavar="DIR")
+    )
+    url: str = field(default=ACL_IMDB_URL, metadata=opt("archive URL (default: the official Stanford archive)"))
+    sha256: str = field(default=ACL_IMDB_SHA256, metadata=opt("expected SHA-256 of the archive", metavar="HEX"))
+    download_dir: Path | None = field(
+        default=None, metadata=opt("where the archive is kept (default: <output-dir>/../downloads)", metavar="DIR")
+    )
+    timeout_s: float = field(default=60.0, metadata=opt("network timeout in seconds", metavar="SECONDS"))
 
     @property
     def archive_path(self) -> Path:
@@ -136,10 +146,11 @@ def read_archive(archive: Path) -> dict[str, pd.DataFrame]:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
                 m = _MEMBER.match(member.name)
-                if not m or not member.isfile():
+                handle = tar.extractfile(member) if m and member.isfile() else None  # None: not a review file
+                if m is None or handle is None:
                     continue
                 split, sub, review_id, rating = m.groups()
-                data = tar.extractfile(member).read()
+                data = handle.read()
                 try:
                     text = data.decode("utf-8")
                 except UnicodeDecodeError:
@@ -192,42 +203,10 @@ def prepare(config: PrepareConfig, opener: Opener = _urlopen) -> str:
     return "downloaded"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    defaults = PrepareConfig()
-    p = argparse.ArgumentParser(prog="python -m trainer data", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--output-dir",
-        type=Path,
-        default=defaults.output_dir,
-        help="where train/test.parquet end up (default %(default)s)",
-    )
-    p.add_argument("--shared-dir", type=Path, default=None, help="a shared copy to link instead of downloading")
-    p.add_argument("--url", default=defaults.url, help="archive URL (default: the official Stanford archive)")
-    p.add_argument("--sha256", default=defaults.sha256, help="expected SHA-256 of the archive")
-    p.add_argument(
-        "--download-dir", type=Path, default=None, help="where the archive is kept (default: <output-dir>/../downloads)"
-    )
-    p.add_argument("--timeout-s", type=float, default=defaults.timeout_s, help="network timeout in seconds")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = PrepareConfig(
-        output_dir=args.output_dir,
-        shared_dir=args.shared_dir,
-        url=args.url,
-        sha256=args.sha256.lower(),
-        download_dir=args.download_dir,
-        timeout_s=args.timeout_s,
-    )
+def command(config: PrepareConfig) -> int:
+    """`python -m trainer data`: 0 in place; 2 a failed download or conversion, as one line."""
     try:
-        prepare(config)
+        prepare(replace(config, sha256=config.sha256.lower()))
     except PrepareError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail("", str(exc))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

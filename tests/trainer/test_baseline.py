@@ -9,7 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trainer.baseline import main
+from trainer.__main__ import main as trainer_main
+
+
+def main(argv: list[str]) -> int:
+    """`python -m trainer baseline ARGV`."""
+    return trainer_main(["baseline", *argv])
+
 
 POSITIVE = ["wonderful", "brilliant", "moving", "superb", "delightful", "masterpiece"]
 NEGATIVE = ["awful", "boring", "dreadful", "tedious", "waste", "terrible"]

@@ -28,6 +28,7 @@ def _without_dropout(checkpoint: Path, dest: Path) -> Path:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 def test_torchrun_two_process_gloo_run_matches_single_process(tmp_path, tiny_checkpoint, reviews):
     base = _without_dropout(tiny_checkpoint, tmp_path / "base")
     data = tmp_path / "imdb"

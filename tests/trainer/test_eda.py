@@ -8,7 +8,13 @@ import pandas as pd
 import pytest
 
 from core.tokenization import TextEncoder, TruncationConfig
-from trainer.eda import default_tokenizer, main
+from trainer.__main__ import main as trainer_main
+from trainer.eda import default_tokenizer
+
+
+def main(argv: list[str]) -> int:
+    """`python -m trainer eda ARGV`."""
+    return trainer_main(["eda", *argv])
 
 
 def frame(n_per_class: int, offset: int = 0) -> pd.DataFrame:

@@ -10,8 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from trainer.__main__ import main as trainer_main
 from trainer.data import load_splits
-from trainer.prepare import PrepareConfig, PrepareError, main, prepare
+from trainer.prepare import PrepareConfig, PrepareError, prepare
+
+
+def main(argv: list[str]) -> int:
+    """`python -m trainer data ARGV`."""
+    return trainer_main(["data", *argv])
 
 
 def make_archive(path: Path, n: int = 3) -> str:

@@ -12,17 +12,11 @@ import pytest
 import torch
 import yaml
 
-import trainer.train as train_module
+import trainer.loop as train_module
 from trainer.__main__ import main as cli_main
+from trainer.data import accumulation_groups, plan_batches
 from trainer.evaluate import to_device
-from trainer.train import (
-    accumulation_groups,
-    lr_factor,
-    make_scheduler,
-    optimizer_step,
-    param_groups,
-    plan_batches,
-)
+from trainer.optim import lr_factor, make_scheduler, optimizer_step, param_groups
 
 
 @pytest.fixture(scope="module")

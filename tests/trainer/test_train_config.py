@@ -90,7 +90,7 @@ def test_cli_bad_input_is_one_line_exit_2(argv, fragment, capsys, tmp_path):
 def test_cpu_rejects_fp16_and_missing_cuda(tmp_path, capsys):
     import torch
 
-    from trainer.train import resolve_device, resolve_precision
+    from trainer.runtime import resolve_device, resolve_precision
 
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         resolve_precision("fp16", torch.device("cpu"))
