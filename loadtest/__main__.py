@@ -13,7 +13,6 @@ unreachable, locust failed). User mix and think time: see loadtest/locustfile.py
 
 from __future__ import annotations
 
-import argparse
 import re
 import socket
 import subprocess
@@ -22,22 +21,27 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from core import cli
+from core.cli import opt
 from loadtest.sla import SlaConfig, evaluate, format_table, read_summary
 
+PROG = "python -m loadtest"
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 _RUN_TIME = re.compile(r"^(?:\d+h)?(?:\d+m)?(?:\d+s)?$|^\d+$")
 
 
 @dataclass(frozen=True)
 class LoadtestConfig:
-    host: str = field(metadata={"help": "server base URL, e.g. http://127.0.0.1:8000", "required": True})
-    users: int = field(default=20, metadata={"help": "concurrent locust users"})
-    spawn_rate: float = field(default=20.0, metadata={"help": "users started per second"})
-    run_time: str = field(default="60s", metadata={"help": "test duration: 30s, 5m, 1h30m"})
-    sla_p95_ms: float = field(default=200.0, metadata={"help": "p95 latency limit, ms"})
-    sla_p99_ms: float | None = field(default=None, metadata={"help": "p99 latency limit, ms (off by default)"})
-    max_error_rate: float = field(default=0.01, metadata={"help": "largest allowed share of failed requests"})
-    report_dir: str = field(default="reports/loadtest", metadata={"help": "where locust's CSV and HTML go"})
+    """Locust SLA gate: exit 0 when p95/p99/error rate hold, 1 when broken, 2 when it cannot run."""
+
+    host: str = field(metadata=opt("server base URL, e.g. http://127.0.0.1:8000"))
+    users: int = field(default=20, metadata=opt("concurrent locust users"))
+    spawn_rate: float = field(default=20.0, metadata=opt("users started per second"))
+    run_time: str = field(default="60s", metadata=opt("test duration: 30s, 5m, 1h30m"))
+    sla_p95_ms: float = field(default=200.0, metadata=opt("p95 latency limit, ms"))
+    sla_p99_ms: float | None = field(default=None, metadata=opt("p99 latency limit, ms (off by default)"))
+    max_error_rate: float = field(default=0.01, metadata=opt("largest allowed share of failed requests"))
+    report_dir: str = field(default="reports/loadtest", metadata=opt("where locust's CSV and HTML go"))
 
     def __post_init__(self) -> None:
         url = urlsplit(self.host)
@@ -54,19 +58,9 @@ class LoadtestConfig:
         return SlaConfig(p95_ms=self.sla_p95_ms, p99_ms=self.sla_p99_ms, max_error_rate=self.max_error_rate)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m loadtest",
-        description="Locust SLA gate: exit 0 when p95/p99/error rate hold, 1 when broken, 2 when it cannot run.",
-    )
-    for f in fields(LoadtestConfig):
-        kind = {"int": int, "float": float, "str": str, "float | None": float}[str(f.type)]
-        flag = "--" + f.name.replace("_", "-")
-        if f.metadata.get("required"):
-            parser.add_argument(flag, type=kind, required=True, help=f.metadata["help"])
-        else:
-            shown = "" if f.default is None else f" (default: {f.default})"
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"] + shown)
+def build_parser() -> cli.OneLineParser:
+    """One flag per LoadtestConfig field (core.cli), then locust's own options after `--`."""
+    parser = cli.build_parser(LoadtestConfig, prog=PROG)
     parser.add_argument("locust_args", nargs="*", help="after `--`: extra options passed to locust unchanged")
     return parser
 
@@ -119,13 +113,11 @@ def run(config: LoadtestConfig, extra: list[str]) -> int:
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot create --report-dir {report_dir}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return cli.fail("", f"cannot create --report-dir {report_dir}: {exc.strerror or exc}")
     try:
         check_reachable(config.host)
     except OSError as exc:
-        print(f"error: cannot connect to {config.host}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return cli.fail("", f"cannot connect to {config.host}: {exc.strerror or exc}")
     log_path = report_dir / "locust.log"
     stats_path = report_dir / "locust_summary.json"
     stats_path.unlink(missing_ok=True)  # never judge a stale file from an earlier run
@@ -137,11 +129,9 @@ def run(config: LoadtestConfig, extra: list[str]) -> int:
         proc = subprocess.run(locust_command(config, extra), stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0 or not stats_path.is_file():
         tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        print(
-            f"error: locust exited with status {proc.returncode}: {tail[0] if tail else 'no output'} (log: {log_path})",
-            file=sys.stderr,
+        return cli.fail(
+            "", f"locust exited with status {proc.returncode}: {tail[0] if tail else 'no output'} (log: {log_path})"
         )
-        return 2
     rows, total = read_summary(stats_path)
     verdict = evaluate(total, config.sla())
     print(format_table(rows, total))
@@ -157,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         config = LoadtestConfig(**values)
         config.sla()
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail("", str(exc))
     return run(config, list(args.locust_args))
 
 

@@ -31,7 +31,8 @@ from locust import HttpUser, events, task
 try:  # run as a file by locust (loadtest/ not a package on its path) or imported as a module
     from loadtest.texts import DEFAULT_DATA_DIR, load_texts
 except ImportError:  # pragma: no cover - locust puts the file's own directory on sys.path
-    from texts import DEFAULT_DATA_DIR, load_texts
+    # The same module under the name locust's path gives it: mypy sees the names defined twice.
+    from texts import DEFAULT_DATA_DIR, load_texts  # type: ignore[no-redef]
 
 ENDPOINT = "/v1/predict"
 

@@ -114,7 +114,10 @@ def read_summary(path: str | Path) -> tuple[list[EndpointStats], EndpointStats]:
 
 
 def format_table(rows: list[EndpointStats], total: EndpointStats) -> str:
-    header = f"{'endpoint':<34} {'reqs':>7} {'fails':>6} {'err%':>7} {'req/s':>8} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}"
+    header = (
+        f"{'endpoint':<34} {'reqs':>7} {'fails':>6} {'err%':>7} {'req/s':>8} "
+        f"{'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}"
+    )
     lines = [header, "-" * len(header)]
     for s in [*rows, total]:
         name = f"{s.method} {s.name}".strip()[:34]

@@ -49,7 +49,7 @@ def generate_texts(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     texts = []
     for _ in range(n):
-        words = int(round(MEDIAN_WORDS * math.exp(rng.gauss(0.0, SIGMA))))
+        words = round(MEDIAN_WORDS * math.exp(rng.gauss(0.0, SIGMA)))
         texts.append(_review(rng, min(MAX_WORDS, max(MIN_WORDS, words))))
     return texts
 

@@ -9,9 +9,10 @@ batching costs latency only when the server is idle.
 
 Workers pull: a worker that finishes a batch takes the next one at once, under a lock,
 without waiting for the event loop to be scheduled. On a 2-core box the loop thread shares
-the cores with the workers, and when dispatch went through it, paired runs gave p95 10-25%
-higher at the same arrival rate (docs/RESULTS.md). The loop only queues texts, resolves
-futures, and fails texts whose deadline passes while every worker is busy.
+the cores with the workers, and when dispatch went through it, paired runs gave a higher p95
+at the same arrival rate in 5 of 6 pairs (docs/RESULTS.md, "Workers pull their next batch").
+The loop only queues texts, resolves futures, and fails texts whose deadline passes while every
+worker is busy.
 
 Several workers share one ONNX Runtime session (its `run` is thread-safe). On a CPU, two
 single-threaded runs side by side do more work per second than one run split across two

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from loadtest_standin import SEEN, create_app
+from standin_server import SEEN, create_app
 
+from bench.procs import free_port
 from loadtest.__main__ import main
-from loadtest.procs import free_port
 
 LOCUST_ARGS = ["--", "--think-min-s", "0.05", "--think-max-s", "0.1", "--multi-fraction", "0.3", "--review-pool", "50"]
 

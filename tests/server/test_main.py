@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.procs import free_port
 from core.modeldir import read_model_dir
-from loadtest.procs import free_port
 from server.batch_predict import main as batch_main
 from server.encoder import ModelEncoder
 from server.runner import OnnxRunner

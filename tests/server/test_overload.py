@@ -18,7 +18,7 @@ import aiohttp
 import numpy as np
 from slow_server import PER_BATCH_S, PER_TOKEN_S, SlowRunner, review
 
-from loadtest.procs import free_port
+from bench.procs import free_port
 from server.app import create_app
 from server.config import ServerConfig
 from server.state import SERVICE

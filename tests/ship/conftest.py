@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.procs import free_port
+from bench.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

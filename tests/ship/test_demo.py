@@ -1,4 +1,4 @@
-"""`python -m loadtest.demo`: its commands are accepted by the real CLIs, and the serving half
+"""`python -m demo`: its commands are accepted by the real CLIs, and the serving half
 runs end to end (real server process, real HTTP, real locust) on the tiny model."""
 
 from __future__ import annotations
@@ -12,35 +12,35 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from loadtest import demo
-from loadtest.demo import DemoConfig
-from loadtest.procs import ServedProcess
+from bench.procs import ServedProcess
+from demo import commands, queries, tour
+from demo.config import DemoConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_fit_a_short_cpu_run():
-    cfg = demo.parse_config([])
+    cfg = parse_config([])
     assert cfg.train_config == Path("configs/minilm.yaml") and cfg.model_dir == Path("artifacts/model")
     assert cfg.train_samples <= 3000 and cfg.max_length <= 128 and cfg.epochs == 1
     assert cfg.run_time == "30s" and cfg.sla_p95_ms == 200 and not cfg.force
-    cfg = demo.parse_config(["--force", "--train-samples", "100", "--model-dir", "/tmp/m"])
+    cfg = parse_config(["--force", "--train-samples", "100", "--model-dir", "/tmp/m"])
     assert cfg.force and cfg.train_samples == 100 and cfg.model_dir == Path("/tmp/m")
 
 
 @pytest.mark.parametrize("argv", [["--users", "0"], ["--port", "70000"], ["--max-length", "8"], ["--epochs", "x"]])
 def test_bad_flags_exit_2_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as exc:
-        demo.parse_config(argv)
+        parse_config(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("python -m loadtest.demo: error: "), err
+    assert len(err) == 1 and err[0].startswith("python -m demo: error: "), err
 
 
 def test_train_command_is_accepted_by_the_trainer():
     from trainer.config import config_from_args, make_parser
 
-    cmd = demo.train_command(DemoConfig())
+    cmd = commands.train_command(DemoConfig())
     assert cmd[:4] == [sys.executable, "-m", "trainer", "train"]
     train_cfg = config_from_args(make_parser().parse_args(cmd[4:]))  # raises on an unknown key
     assert train_cfg.max_train_samples == 2000 and train_cfg.max_eval_samples == 500
@@ -55,20 +55,20 @@ def test_export_server_and_loadtest_commands_are_accepted(tmp_path):
     from server.config import parse_config as server_config
 
     cfg = DemoConfig()
-    exp = export_config(demo.export_command(cfg)[3:])
+    exp = export_config(commands.export_command(cfg)[3:])
     assert exp.resolved_quantization == "int8" and exp.min_agreement == 0.98  # the default gate applies
-    served = ServedProcess(demo.server_command(cfg), tmp_path / "server.log", port=8123)  # not started
+    served = ServedProcess(commands.server_command(cfg), tmp_path / "server.log", port=8123)  # not started
     srv = server_config(served.cmd[3:], env={})
     assert (srv.port, srv.host, srv.model_dir) == (8123, "127.0.0.1", Path("artifacts/model"))
-    args = build_parser().parse_args(demo.loadtest_command(cfg, "http://127.0.0.1:8123")[3:])
+    args = build_parser().parse_args(commands.loadtest_command(cfg, "http://127.0.0.1:8123")[3:])
     lt = LoadtestConfig(**{k: v for k, v in vars(args).items() if k != "locust_args"})
     assert (lt.run_time, lt.sla_p95_ms, lt.users) == ("30s", 200.0, 20)
 
 
 def test_data_command_links_the_shared_copy_when_present(tmp_path):
-    cmd = demo.data_command(DemoConfig(shared_data_dir=tmp_path))
+    cmd = commands.data_command(DemoConfig(shared_data_dir=tmp_path))
     assert cmd[cmd.index("--shared-dir") + 1] == str(tmp_path)
-    assert "--shared-dir" not in demo.data_command(DemoConfig(shared_data_dir=tmp_path / "absent"))
+    assert "--shared-dir" not in commands.data_command(DemoConfig(shared_data_dir=tmp_path / "absent"))
 
 
 def test_metric_summary():
@@ -84,14 +84,14 @@ def test_metric_summary():
             'sentiment_requests_total{code="503",endpoint="predict"} 1.0',
         ]
     )
-    assert demo.metric_totals(text)["sentiment_requests_total"] == 5.0
-    assert demo.server_summary(text) == {
+    assert queries.metric_totals(text)["sentiment_requests_total"] == 5.0
+    assert queries.server_summary(text) == {
         "batches": 6.0,
         "mean_batch_size": 5.0,
         "texts": 30.0,
         "mean_padding_ratio": 0.25,
     }
-    assert demo.server_summary("") == {"batches": 0.0}
+    assert queries.server_summary("") == {"batches": 0.0}
 
 
 def write_data(data_dir: Path, reviews) -> None:
@@ -115,13 +115,13 @@ def write_data(data_dir: Path, reviews) -> None:
 
 def test_pick_reviews(tmp_path, reviews):
     write_data(tmp_path, reviews)
-    picked = demo.pick_reviews(tmp_path, n=4)
+    picked = queries.pick_reviews(tmp_path, n=4)
     assert len(picked) == 4 and sorted(label for _, label in picked) == [0, 0, 1, 1]
     assert all(200 <= len(text) <= 900 and "Ambiguous" not in text for text, _ in picked)
-    assert picked == demo.pick_reviews(tmp_path, n=4)
-    everything = demo.pick_reviews(tmp_path, n=10)  # more than there are clear-cut reviews
+    assert picked == queries.pick_reviews(tmp_path, n=4)
+    everything = queries.pick_reviews(tmp_path, n=10)  # more than there are clear-cut reviews
     assert len(everything) == 8 and not any("Ambiguous" in text for text, _ in everything)
-    assert demo.pick_reviews(tmp_path / "none", n=2) == demo.SAMPLE_REVIEWS[:2]
+    assert queries.pick_reviews(tmp_path / "none", n=2) == queries.SAMPLE_REVIEWS[:2]
 
 
 def port_open(url: str) -> bool:
@@ -142,7 +142,7 @@ def test_serving_half_end_to_end(tmp_path, tiny_model_dir, reviews, capfd):
         run_time="3s",
         sla_p95_ms=2000,
     )
-    code = demo.run(cfg)
+    code = tour.run(cfg)
     out = capfd.readouterr().out
     assert code == 0, out[-3000:]
     for n, name in enumerate(["data", "train", "export", "serve", "query", "load", "stop"], start=1):
@@ -170,7 +170,7 @@ def test_a_broken_model_fails_the_serve_step(tmp_path, tiny_model_dir, capfd):
     cfg.data_dir.mkdir()
     for name in ("train.parquet", "test.parquet"):  # present, so the data step does not download
         (cfg.data_dir / name).write_bytes(b"")
-    code = demo.run(cfg)
+    code = tour.run(cfg)
     out = capfd.readouterr().out
     assert code == 2
     assert "---- serve FAILED" in out and "exited with status" in out

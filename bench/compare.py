@@ -1,45 +1,55 @@
-"""`python -m loadtest.compare`: server settings side by side, in paired open-loop steps.
+"""`python -m bench.compare`: server settings side by side, in paired open-loop steps.
 
-    python -m loadtest.compare --model-dir artifacts/model --rates 62,68 --rounds 2 \
+    python -m bench.compare --model-dir artifacts/model --rates 62,68 --rounds 2 \
         "512 tokens=--max-batch-tokens 512" "256 tokens=--max-batch-tokens 256"
 
 Each variant is `name=server flags`. In every round, each variant's server is started in
 turn and sent the same Poisson arrivals (same texts, same seeds) at each rate; one cell per
 (variant, round, rate): p95 ms / server CPU ms per request / mean batch size. Rounds
 interleave the variants, so a slow spell on a shared machine hits one cell, not one variant.
-Where `loadtest.bench` searches each configuration's capacity, this answers "is A better than
+Where `python -m bench` searches each configuration's capacity, this answers "is A better than
 B at these rates", which is how the server's defaults were chosen (docs/RESULTS.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
 import shlex
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from loadtest.httpclient import LeanClient
-from loadtest.openloop import payloads, run_step
-from loadtest.procs import ServedProcess
+from bench.httpclient import LeanClient
+from bench.openloop import payloads, run_step
+from bench.procs import ServedProcess, server_command
+from core import cli
+from core.cli import opt
 from loadtest.texts import DEFAULT_DATA_DIR, load_texts
+
+PROG = "python -m bench.compare"
 
 
 @dataclass(frozen=True)
 class CompareConfig:
-    model_dir: Path
-    variants: tuple[tuple[str, str], ...]  # (name, server flags)
-    rates: tuple[float, ...] = (50.0,)
-    rounds: int = 2
-    duration_s: float = 30.0
-    texts: int = 1000
-    data_dir: str = DEFAULT_DATA_DIR
-    seed: int = 0
-    output: Path | None = None
-    log_dir: Path = Path("reports/compare")
+    """Server settings side by side, in paired open-loop steps."""
+
+    model_dir: Path = field(metadata=opt("exporter's model directory"))
+    # (name, server flags); on the command line, positional 'name=server flags' arguments.
+    variants: tuple[tuple[str, str], ...] = field(
+        metadata=opt("'name=server flags', e.g. '256 tokens=--max-batch-tokens 256'")
+    )
+    # On the command line one comma list (--rates 62,68).
+    rates: tuple[float, ...] = field(default=(50.0,), metadata=opt("comma list of request rates (req/s), e.g. 62,68"))
+    rounds: int = field(default=2, metadata=opt("times every variant runs every rate, interleaved"))
+    duration_s: float = field(default=30.0, metadata=opt("seconds per step"))
+    texts: int = field(default=1000, metadata=opt("reviews loaded and sent"))
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata=opt("directory with test.parquet"))
+    seed: int = field(default=0, metadata=opt("seed for review order and arrival times"))
+    output: Path | None = field(default=None, metadata=opt("also write the cells as JSON here"))
+    log_dir: Path = field(default=Path("reports/compare"), metadata=opt("served processes' logs"))
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -70,21 +80,12 @@ def mean_batch_size(metrics_text: str) -> tuple[float, float]:
     return value("sentiment_batch_size_sum"), value("sentiment_batch_size_count")
 
 
-async def _variant_round(config: CompareConfig, name: str, flags: str, bodies: list[bytes], rnd: int) -> list[dict]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--model-dir",
-        str(config.model_dir),
-        "--host",
-        "127.0.0.1",
-        "--log-level",
-        "warning",
-        *shlex.split(flags),
-    ]
+async def _variant_round(
+    config: CompareConfig, name: str, flags: str, bodies: list[bytes], rnd: int
+) -> list[dict[str, Any]]:
+    cmd = server_command(config.model_dir, "--log-level", "warning", *shlex.split(flags))
     log_path = config.log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-round{rnd + 1}.log"
-    cells = []
+    cells: list[dict[str, Any]] = []
     with ServedProcess(cmd, log_path) as proc:
         async with LeanClient(proc.url) as client:
             requests = [client.build("POST", "/v1/predict", body) for body in bodies]
@@ -110,7 +111,7 @@ async def _variant_round(config: CompareConfig, name: str, flags: str, bodies: l
                         "p50_ms": step.p50_ms,
                         "error_rate": step.error_rate,
                         "server_cpu_ms_per_request": step.server_cpu_cores * 1000 / step.achieved_rps
-                        if step.achieved_rps
+                        if step.achieved_rps and step.server_cpu_cores is not None
                         else None,
                         "mean_batch_size": (after[0] - before[0]) / batches if batches else None,
                         "other_cpu_cores": step.other_cpu_cores,
@@ -171,43 +172,36 @@ def render_table(config: CompareConfig, cells: list[dict]) -> str:
     return "\n".join(lines) + "\n\ncells: p95 ms / server CPU ms per request / mean batch size"
 
 
+def build_parser() -> cli.OneLineParser:
+    """One flag per setting; the variants are positional and the rates one comma list, as before."""
+    parser = cli.OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    cli.add_fields(parser, CompareConfig, skip=("variants", "rates"))
+    specs = {f.name: f for f in fields(CompareConfig)}
+    parser.add_argument("variants", nargs="+", help=specs["variants"].metadata["help"])
+    parser.add_argument("--rates", default="50", metavar="RATES", help=specs["rates"].metadata["help"])
+    return parser
+
+
+def parse_config(argv: list[str] | None) -> CompareConfig:
+    """The settings from the command line; a bad value raises ValueError (one line for the user)."""
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(CompareConfig)}
+    values["variants"] = tuple(parse_variant(v) for v in args.variants)
+    values["rates"] = tuple(float(r) for r in args.rates.split(",") if r.strip())
+    return CompareConfig(**values)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="+", help="'name=server flags', e.g. '256 tokens=--max-batch-tokens 256'")
-    parser.add_argument("--model-dir", type=Path, required=True, help="exporter's model directory")
-    parser.add_argument("--rates", default="50", help="comma list of request rates (req/s), e.g. 62,68")
-    parser.add_argument("--rounds", type=int, default=2, help="times every variant runs every rate, interleaved")
-    parser.add_argument("--duration-s", type=float, default=30.0, help="seconds per step")
-    parser.add_argument("--texts", type=int, default=1000, help="reviews loaded and sent")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="directory with test.parquet")
-    parser.add_argument("--seed", type=int, default=0, help="seed for review order and arrival times")
-    parser.add_argument("--output", type=Path, default=None, help="also write the cells as JSON here")
-    parser.add_argument("--log-dir", type=Path, default=Path("reports/compare"), help="served processes' logs")
-    args = parser.parse_args(argv)
     try:
-        config = CompareConfig(
-            model_dir=args.model_dir,
-            variants=tuple(parse_variant(v) for v in args.variants),
-            rates=tuple(float(r) for r in args.rates.split(",") if r.strip()),
-            rounds=args.rounds,
-            duration_s=args.duration_s,
-            texts=args.texts,
-            data_dir=args.data_dir,
-            seed=args.seed,
-            output=args.output,
-            log_dir=args.log_dir,
-        )
+        config = parse_config(argv)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail("", str(exc))
     if not (config.model_dir / "model.onnx").is_file():
-        print(f"error: --model-dir {config.model_dir} has no model.onnx", file=sys.stderr)
-        return 2
+        return cli.fail("", f"--model-dir {config.model_dir} has no model.onnx")
     try:
         run(config)
     except RuntimeError as exc:  # a served process failed to start: one line, log path included
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return cli.fail("", str(exc), code=1)
     return 0
 
 

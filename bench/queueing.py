@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from loadtest.openloop import capacity, next_rate, step_duration
+from bench.openloop import step_duration
+from bench.rates import capacity, next_rate
 
 
 def service_times(tokens: Sequence[int], ceiling_texts_per_s: float, workers: int) -> np.ndarray:
@@ -87,7 +88,7 @@ def searched_fractions(
     seed: int = 0,
 ) -> list[float]:
     """The ideal server measured the way the benchmark measures a real one: each search runs
-    open-loop steps exactly as `loadtest.bench` does (Poisson arrivals for `step_duration`
+    open-loop steps exactly as bench/search.py does (Poisson arrivals for `step_duration`
     seconds, an empty queue at the start, p95 over all of the step's requests; the same
     start rate, growth, bisection and step limit). Returns each of `searches` searches'
     capacity as a share of the ceiling.

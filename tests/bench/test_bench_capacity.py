@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from loadtest.bench import main as bench_main
-from loadtest.procs import ServedProcess, parse_cpus
+from bench.__main__ import main as bench_main
+from bench.procs import ServedProcess, parse_cpus
 
 
 def post(url: str, payload: dict) -> dict:
@@ -31,7 +31,7 @@ def test_torch_baseline_matches_direct_forward(tiny_checkpoint, tmp_path, review
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    cmd = [sys.executable, "-m", "loadtest.torch_baseline", "--checkpoint", str(tiny_checkpoint), "--threads", "1"]
+    cmd = [sys.executable, "-m", "bench.torch_baseline", "--checkpoint", str(tiny_checkpoint), "--threads", "1"]
     with ServedProcess(cmd, tmp_path / "torch.log") as proc:
         assert proc.ready_body["threads"] == 1 and proc.ready_body["device"] == "cpu"
         single = post(proc.url + "/v1/predict", {"text": reviews[0][0]})
@@ -46,6 +46,7 @@ def test_torch_baseline_matches_direct_forward(tiny_checkpoint, tmp_path, review
     assert len(multi["predictions"]) == 3
 
 
+@pytest.mark.slow
 def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, capsys):
     # The real server as a subprocess; batch-size-1 and torch runs are the same code path with
     # other commands (the torch server has its own test above), skipped to keep this short.
@@ -157,7 +158,7 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     )
     assert "ideal server, same search: median (quartiles)" in md and "2 / the ideal server under the same search" in md
     assert "| 2c. the server's batcher and workers in this process" in md and "2 / 2c: HTTP server" in md
-    assert results["command"].startswith("python -m loadtest.bench --model-dir ")
+    assert results["command"].startswith("python -m bench --model-dir ")
     # The generator's peak leaves 2c out: that process is the in-process server as well.
     generator_steps = [*(s for r in rounds for s in r["steps"]), *entry["at_fraction"].values()]
     generator_peak = max(s["client_cpu_cores"] for s in generator_steps)
@@ -173,7 +174,7 @@ def test_bench_bad_flags_exit_2(tmp_path, capsys):
 
 
 def test_ceiling_layouts_cover_both_extremes_and_the_servers():
-    from loadtest.bench import ceiling_layouts
+    from bench.ceiling import ceiling_layouts
 
     assert ceiling_layouts(2, (2, 1)) == [(1, 2), (2, 1)]
     assert ceiling_layouts(4, (2, 2)) == [(1, 4), (2, 2), (4, 1)]

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from loadtest.bench import main as bench_main
-from loadtest.openloop import Samples
-from loadtest.overload import STEPS, cpu_per_refusal_ms, median_steps, recovery_seconds, rejected_counts, summarize
-from loadtest.overload_report import BEGIN, END, current_section, merge_section
+from bench.__main__ import main as bench_main
+from bench.openloop import Samples
+from bench.overload import STEPS
+from bench.overload_figures import cpu_per_refusal_ms, median_steps, recovery_seconds, rejected_counts, summarize
+from bench.overload_report import BEGIN, END, current_section, merge_section
 
 
 def samples(status, latency_ms, due_s=None, duration_s=10.0) -> Samples:
@@ -87,6 +88,7 @@ def test_the_section_is_replaced_in_place_and_carried_over():
     assert current_section("# no section") == ""
 
 
+@pytest.mark.slow
 def test_overload_smoke_writes_a_section_and_json(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "docs"
     (out).mkdir()

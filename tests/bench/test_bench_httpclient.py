@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 from aiohttp import web
-from loadtest_standin import SEEN, create_app
+from standin_server import SEEN, create_app
 
-from loadtest.httpclient import HttpError, LeanClient
-from loadtest.procs import free_port
+from bench.httpclient import HttpError, LeanClient
+from bench.procs import free_port
 
 
 async def test_posts_and_reuses_one_connection(aiohttp_server):

@@ -8,11 +8,17 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+
+def server_command(model_dir: Path, *flags: str, host: str = "127.0.0.1") -> list[str]:
+    """`python -m server` on `model_dir` with `flags`; without --port (ServedProcess adds it)."""
+    return [sys.executable, "-m", "server", "--model-dir", str(model_dir), "--host", host, *flags]
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -54,7 +60,7 @@ class ServedProcess:
         self.ready_timeout_s = ready_timeout_s
         self.ready_body: dict = {}
         self.ready_s = 0.0  # seconds from start to ready
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ServedProcess:
         return self.start()
@@ -77,20 +83,26 @@ class ServedProcess:
             raise
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.stop()
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise RuntimeError(f"{self.cmd[2]} was never started")
+        return self.proc
+
     def _wait_ready(self) -> None:
+        proc = self._started()
         start = time.monotonic()
         deadline = start + self.ready_timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError(
-                    f"{self.cmd[2]} exited with status {self.proc.returncode} before it was ready: "
+                    f"{self.cmd[2]} exited with status {proc.returncode} before it was ready: "
                     f"{self._log_tail()} (log: {self.log_path})"
                 )
             try:
@@ -118,28 +130,31 @@ class ServedProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system, all threads) the process has used so far."""
-        with open(f"/proc/{self.proc.pid}/stat") as fh:
+        with open(f"/proc/{self._started().pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def main_thread_cpu_seconds(self) -> float:
         """CPU time of the process's main thread alone: the server's event loop, where HTTP,
         admission and refusals run (the tokenizer and inference have threads of their own)."""
-        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat") as fh:
+        pid = self._started().pid
+        with open(f"/proc/{pid}/task/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self, timeout_s: float = 15.0) -> tuple[int | None, float]:
         """SIGTERM, then kill after `timeout_s`: (exit status, None if killed; seconds taken)."""
         start = time.monotonic()
-        if not self.running:
-            return (None if self.proc is None else self.proc.returncode), 0.0
-        self.proc.send_signal(signal.SIGTERM)
+        proc = self.proc
+        if proc is None or proc.poll() is not None:  # never started, or already gone
+            return (None if proc is None else proc.returncode), 0.0
+        proc.send_signal(signal.SIGTERM)
+        code: int | None
         try:
-            code = self.proc.wait(timeout=timeout_s)
+            code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            proc.kill()
+            proc.wait()
             code = None
         return code, time.monotonic() - start
 

@@ -1,7 +1,8 @@
 """A minimal stand-in for the sentiment server: same /v1/predict contract, fixed delay.
 
-The load-test tests must not depend on the real server (built separately); this one
-answers like it, optionally after `delay_s`, so the SLA gate can be shown to pass and fail.
+The SLA gate's, the client's and the open-loop tests must not depend on the real server (built
+separately); this one answers like it, optionally after `delay_s`. It sits in tests/ beside
+conftest.py, which pytest puts on the import path for every test folder.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from loadtest.openloop import Start
+from bench.openloop import Start
 from server.config import ServerConfig
 from server.inference import InferenceService, startup_timings
 from server.model import load_model
@@ -36,13 +36,18 @@ class InProcessServer:
         await self.service.start()
         return self
 
-    async def __aexit__(self, *exc) -> None:
-        await self.service.stop()
+    async def __aexit__(self, *exc: object) -> None:
+        await self._running().stop()
+
+    def _running(self) -> InferenceService:
+        if self.service is None:
+            raise RuntimeError("InProcessServer is used inside `async with` only")
+        return self.service
 
     def start(self, timeout_s: float) -> Start:
         """Text k: `service.predict([text])` as a task; its answer is the task's result. The
         server's --request-timeout-ms applies, as over HTTP (`timeout_s` bounds nothing here)."""
-        service = self.service
+        service = self._running()
 
         def start(k: int) -> asyncio.Future:
             return asyncio.ensure_future(service.predict([self.texts[k]]))
@@ -51,4 +56,4 @@ class InProcessServer:
 
     def info(self) -> dict:
         """The settings in force, shaped like the server's GET /v1/model."""
-        return {"intra_op_threads": self.runner.info.get("intra_op_threads"), "batching": self.service.info()}
+        return {"intra_op_threads": self.runner.info.get("intra_op_threads"), "batching": self._running().info()}

@@ -4,8 +4,9 @@ serialised once, responses framed by Content-Length.
 The generator shares the CPUs with the server it measures, so every millisecond it spends
 per request is taken from the server. aiohttp's client cost ~0.65 ms of CPU per request
 here, this one ~0.3 ms (docs/RESULTS.md): it writes pre-built bytes and reads only the
-status line and the headers that frame the answer, as wrk and vegeta do. It speaks only what the benchmark needs: POST (or GET) with a body of
-known length to one host, and answers with a Content-Length or closing the connection.
+status line and the headers that frame the answer, as wrk and vegeta do. It speaks only
+what the benchmark needs: POST (or GET) with a body of known length to one host, and
+answers with a Content-Length or closing the connection.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class _Connection(asyncio.Protocol):
         self.buffer.clear()
         self._head = None
         self.waiter = asyncio.get_running_loop().create_future()
+        if self.transport is None:  # LeanClient sends only on a connection it made: never here
+            raise HttpError("not connected")
         self.transport.write(request)
         return self.waiter
 

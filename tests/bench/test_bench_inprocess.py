@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.inprocess import InProcessServer
+from bench.inprocess import InProcessServer
 from server.batcher import QueueFull
 from server.config import ServerConfig
 

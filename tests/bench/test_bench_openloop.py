@@ -6,18 +6,17 @@ import random
 import time
 
 import pytest
-from loadtest_standin import SEEN, create_app
+from standin_server import SEEN, create_app
 
-from loadtest.httpclient import LeanClient
-from loadtest.openloop import (
-    capacity,
+from bench.httpclient import LeanClient
+from bench.openloop import (
     closed_loop_throughput,
-    next_rate,
     payloads,
     poisson_arrivals,
     run_step,
     wait_for_quiet,
 )
+from bench.rates import capacity, next_rate
 
 
 def test_search_starts_grows_then_bisects():

@@ -1,4 +1,4 @@
-"""`python -m loadtest.compare` end to end on the tiny model: real servers, real steps."""
+"""`python -m bench.compare` end to end on the tiny model: real servers, real steps."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from loadtest.compare import main as compare_main
-from loadtest.compare import mean_batch_size, parse_variant
+from bench.compare import main as compare_main
+from bench.compare import mean_batch_size, parse_variant
 
 
+@pytest.mark.slow
 def test_two_variants_one_round(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "cells.json"
     code = compare_main(

@@ -1,14 +1,15 @@
 """The overload benchmark's record: a section of <output-dir>/BENCHMARKS.md and overload.json.
 
-The section sits between two markers, so the capacity benchmark (loadtest/bench_report.py),
+The section sits between two markers, so the capacity benchmark (bench/capacity_report.py),
 which rewrites BENCHMARKS.md, carries it over, and a new overload run replaces only it.
 Every number is read from the results the benchmark measured.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from bench.record import fmt, write_json
 
 BEGIN, END = "<!-- overload:begin -->", "<!-- overload:end -->"
 # CPU per refusal is a difference of two CPU figures over the refusals: shown only over enough of them.
@@ -72,10 +73,6 @@ def check_targets(results: dict) -> dict:
     return out
 
 
-def _f(value, fmt: str = ".1f", unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:{fmt}}{unit}"
-
-
 def render_section(results: dict) -> str:
     cap, budget = results["capacity_rps"], results["budget_ms"]
     machine = results["machine"]
@@ -91,8 +88,9 @@ def render_section(results: dict) -> str:
         "the median over rounds.",
         "",
         f"Capacity (the normal search: p95 <= {budget:g} ms, errors <= "
-        f"{results['config']['max_error_rate']:.0%}): budget off **{_f(results['capacity']['budget_off']['capacity_rps'])}"
-        f" req/s**, budget on **{_f(results['capacity']['budget_on']['capacity_rps'])} req/s**. Steps are multiples of "
+        f"{results['config']['max_error_rate']:.0%}): budget off "
+        f"**{fmt(results['capacity']['budget_off']['capacity_rps'])} req/s**, budget on "
+        f"**{fmt(results['capacity']['budget_on']['capacity_rps'])} req/s**. Steps are multiples of "
         f"the budget-off capacity, {cap:.1f} req/s; the recovery step follows the 5x step at once.",
         "",
         "| server | step | offered req/s | goodput req/s (share of capacity) | refused | refusal p50 / p99 ms | "
@@ -105,17 +103,17 @@ def render_section(results: dict) -> str:
         label = f"budget {budget:g} ms" if name == "budget_on" else "budget off"
         for s in results["median"][name]:
             share = s["goodput_rps"] / cap if cap and s["goodput_rps"] is not None else None
-            recovery = _f(s.get("recovery_s"), ".0f", " s") if s["name"].startswith("recovery") else ""
+            recovery = fmt(s.get("recovery_s"), ".0f", " s") if s["name"].startswith("recovery") else ""
             if s["name"].startswith("recovery") and s.get("recovery_s") is None:
                 recovery = "not within the step"
             per_refusal = s.get("server_cpu_ms_per_refusal") if (s["refused"] or 0) >= MIN_REFUSALS else None
             lines.append(
-                f"| {label} | {s['name']} | {_f(s['rate'])} | {_f(s['goodput_rps'])} ({_f(share, '.0%')}) | "
-                f"{_f(s['refused_share'], '.1%')} | {_f(s['refusal_p50_ms'])} / {_f(s['refusal_p99_ms'])} | "
-                f"{_f(s['answered_p50_ms'], '.0f')} / {_f(s['answered_p95_ms'], '.0f')} / "
-                f"{_f(s['answered_p99_ms'], '.0f')} | {_f(s['other_errors'], '.0f')} | {_f(s['server_cpu_cores'], '.2f')} "
-                f"({_f(s.get('loop_cpu_cores'), '.2f')}) | "
-                f"{_f(per_refusal, '.2f')} | {_f(s['client_cpu_cores'], '.2f')} | {recovery} |"
+                f"| {label} | {s['name']} | {fmt(s['rate'])} | {fmt(s['goodput_rps'])} ({fmt(share, '.0%')}) | "
+                f"{fmt(s['refused_share'], '.1%')} | {fmt(s['refusal_p50_ms'])} / {fmt(s['refusal_p99_ms'])} | "
+                f"{fmt(s['answered_p50_ms'], '.0f')} / {fmt(s['answered_p95_ms'], '.0f')} / "
+                f"{fmt(s['answered_p99_ms'], '.0f')} | {fmt(s['other_errors'], '.0f')} | "
+                f"{fmt(s['server_cpu_cores'], '.2f')} ({fmt(s.get('loop_cpu_cores'), '.2f')}) | "
+                f"{fmt(per_refusal, '.2f')} | {fmt(s['client_cpu_cores'], '.2f')} | {recovery} |"
             )
     lines += [
         "",
@@ -140,10 +138,10 @@ def render_section(results: dict) -> str:
         ),
         "capacity_drop": ("capacity search, budget on against off (drop)", ".1%", "<= "),
     }
-    for key, (label, fmt, sign) in names.items():
+    for key, (label, spec, sign) in names.items():
         t = targets[key]
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        lines.append(f"| {label} | {_f(t['value'], fmt)} | {sign}{_f(t['target'], fmt)} | {met} |")
+        lines.append(f"| {label} | {fmt(t['value'], spec)} | {sign}{fmt(t['target'], spec)} | {met} |")
     lines += [
         "",
         f"Server CPU per refusal is shown for steps with at least {MIN_REFUSALS} refusals. Per-round figures "
@@ -168,15 +166,6 @@ def current_section(text: str) -> str:
     if BEGIN in text and END in text:
         return BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
     return ""
-
-
-def write_json(out_dir: Path, name: str, results: dict) -> Path:
-    """`results` as <out_dir>/<name> (the folder made if needed); the path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    return path
 
 
 def write_overload_report(out_dir: Path, results: dict) -> list[Path]:

@@ -4,7 +4,7 @@ A PyTorch eager model (the trainer's checkpoint, fp32, `transformers`) behind a 
 stdlib HTTP handler: one request's text(s) through the model at a time, no batching
 across requests, no ONNX.
 
-    python -m loadtest.torch_baseline --checkpoint artifacts/checkpoint --port 8100 [--threads N] [--device cpu]
+    python -m bench.torch_baseline --checkpoint artifacts/checkpoint --port 8100 [--threads N] [--device cpu]
 
 Same request/response shape as the server's POST /v1/predict and GET /readyz (whose body
 also reports the torch version, threads and device). Texts are preprocessed by the same
@@ -14,24 +14,30 @@ design, not a tokenization difference. This module imports torch: it is never pa
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from core import cli
 from core.checkpoint import read_training_config
+from core.cli import opt
+
+PROG = "python -m bench.torch_baseline"
 
 
 @dataclass(frozen=True)
 class TorchBaselineConfig:
-    checkpoint: Path
-    host: str = "127.0.0.1"
-    port: int = 8100
-    threads: int = 0  # 0 = torch's default (the machine's physical cores)
-    device: str = "cpu"
+    """PyTorch eager behind a plain HTTP handler, one request at a time: the benchmark's baseline."""
+
+    checkpoint: Path = field(metadata=opt("trainer checkpoint directory"))
+    host: str = field(default="127.0.0.1", metadata=opt("address to listen on"))
+    port: int = field(default=8100, metadata=opt("port to listen on"))
+    # 0 = torch's default (the machine's physical cores)
+    threads: int = field(default=0, metadata=opt("torch intra-op threads (0: torch default)"))
+    device: str = field(default="cpu", metadata=opt("cpu or cuda"))
 
 
 class TorchClassifier:
@@ -124,16 +130,9 @@ class _Server(ThreadingHTTPServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.torch_baseline", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="trainer checkpoint directory")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8100)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    config = TorchBaselineConfig(**vars(parser.parse_args(argv)))
+    config = cli.parse_settings(TorchBaselineConfig, argv, prog=PROG)
     if not (config.checkpoint / "config.json").is_file():
-        print(f"error: {config.checkpoint} is not a checkpoint directory (no config.json)", file=sys.stderr)
-        return 2
+        return cli.fail("", f"{config.checkpoint} is not a checkpoint directory (no config.json)")
     model = TorchClassifier(config.checkpoint, config.threads, config.device)
     model.predict("warm up the first forward pass")
     server = _Server((config.host, config.port), make_handler(model))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from loadtest.queueing import bound_fraction, fifo_p95_ms, searched_fractions, service_times
+from bench.queueing import bound_fraction, fifo_p95_ms, searched_fractions, service_times
 
 
 def test_service_times_average_to_the_ceiling():
