@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from core import cli
-from core.checkpoint import read_training_config
+from core.checkpoint import CheckpointError, read_training_config
 from core.cli import opt
 
 PROG = "python -m bench.torch_baseline"
@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     config = cli.parse_settings(TorchBaselineConfig, argv, prog=PROG)
     if not (config.checkpoint / "config.json").is_file():
         return cli.fail("", f"{config.checkpoint} is not a checkpoint directory (no config.json)")
-    model = TorchClassifier(config.checkpoint, config.threads, config.device)
+    try:
+        model = TorchClassifier(config.checkpoint, config.threads, config.device)
+    except CheckpointError as exc:
+        return cli.fail("", str(exc))
     model.predict("warm up the first forward pass")
     server = _Server((config.host, config.port), make_handler(model))
     print(f"torch baseline on http://{config.host}:{config.port} ({model.info})", flush=True)

@@ -2,9 +2,10 @@
 
 A component's settings are one frozen dataclass. Each field is one `--flag` (underscores become
 dashes) with its help, choices and metavar from the field's metadata (`opt(...)`; `positional=True`
-makes it an argument instead of a flag); a bool is
-`--x/--no-x`; `list[X]` is a repeatable flag. With an `env_prefix`, each field can also be set as
-the variable `<PREFIX><FIELD>` (command line, then environment, then the default). A bad flag or
+makes it an argument instead of a flag) and its default in the help; a bool is `--x/--no-x`;
+`list[X]` is a repeatable flag. With an `env_prefix`, each field can also be set as
+the variable `<PREFIX><FIELD>` (command line, then environment, then the default; scalar fields
+only: a list field takes no variable). A bad flag or
 value exits 2 with one line naming the problem, never usage plus a trace.
 """
 
@@ -99,7 +100,7 @@ def add_fields(
         kind, repeatable = _unwrap(hints[f.name])
         default = _default(f)
         variable = env_name(env_prefix, f.name) if env_prefix else ""
-        if variable and variable in env:
+        if variable and variable in env and not repeatable:
             raw = env[variable]
             try:
                 default = parse_bool(raw) if kind is bool else kind(raw)
@@ -108,8 +109,11 @@ def add_fields(
         help_text = str(f.metadata.get("help", ""))
         if variable:
             help_text = f"{help_text} (env {variable}; default: {None if default is MISSING else default})"
+        elif kind is not bool and default is not MISSING and default is not None and default != []:
+            help_text = f"{help_text} (default: {default})"  # argparse adds it for --x/--no-x itself
         if f.metadata.get("positional"):
-            parser.add_argument(f.name, type=kind, help=help_text, metavar=f.name.upper())
+            optional = {} if default is MISSING else {"nargs": "?", "default": default}
+            parser.add_argument(f.name, type=kind, help=help_text, metavar=f.name.upper(), **optional)
             continue
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_text}
         if "choices" in f.metadata:
@@ -118,7 +122,8 @@ def add_fields(
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = kind
-            kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
+            if "metavar" in f.metadata or "choices" not in f.metadata:  # choices show as {a,b,c}
+                kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
             if repeatable:
                 kwargs["action"] = "append"
         if default is MISSING:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from bench import procs
 from demo.config import DemoConfig
 
 
@@ -66,7 +67,7 @@ def export_command(cfg: DemoConfig) -> list[str]:
 
 def server_command(cfg: DemoConfig) -> list[str]:
     """Without --port: ServedProcess adds it (cfg.port, or a free one)."""
-    return [sys.executable, "-m", "server", "--model-dir", str(cfg.model_dir), "--host", cfg.host]
+    return procs.server_command(cfg.model_dir, host=cfg.host)
 
 
 def loadtest_command(cfg: DemoConfig, url: str) -> list[str]:

@@ -24,13 +24,18 @@ from pathlib import Path
 
 from bench.procs import ServedProcess
 from core.labels import ID2LABEL
+from core.modeldir import ModelDirError, read_model_dir
 from demo.commands import data_command, export_command, loadtest_command, server_command, train_command
 from demo.config import DemoConfig
 from demo.queries import http_json, pick_reviews, server_summary
 
 
 def has_model(model_dir: Path) -> bool:
-    return (model_dir / "model.onnx").is_file() and (model_dir / "config.json").is_file()
+    try:
+        read_model_dir(model_dir)
+    except ModelDirError:
+        return False
+    return True
 
 
 def has_data(data_dir: Path) -> bool:

@@ -23,6 +23,7 @@ import numpy as np
 from core import cli
 from core.checkpoint import CheckpointError
 from core.cli import opt
+from core.layout import physical_cores
 from core.modeldir import ModelDirError, read_model_dir
 from exporter.compare import batched_probs, onnx_probs, open_session, torch_probs
 
@@ -64,7 +65,8 @@ def model_dir_scorer(model_dir: Path, texts: list[str], batch_size: int) -> Call
 
     def score() -> np.ndarray:
         model = read_model_dir(model_dir)
-        session = open_session(model.graph, str(model.serving.get("target", "cpu")))
+        # The server's session settings: its core count (cgroup quota included), no spinning.
+        session = open_session(model.graph, str(model.serving.get("target", "cpu")), physical_cores(), spinning=False)
         return batched_probs(
             {"onnx": lambda ids, mask: onnx_probs(session, ids, mask)}, model.encoder(), texts, batch_size
         )["onnx"]

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from core.cli import opt
+from core.labels import ID2LABEL, LABEL2ID
 from core.tokenization import pad_batch
 from exporter.compare import batched_probs, onnx_feed, onnx_probs, open_session, torch_probs
 from exporter.config import parse_config
@@ -53,18 +55,18 @@ VARIANTS = {
 class BenchmarkConfig:
     """Latency, size and agreement of PyTorch vs ONNX fp32 vs ONNX int8 variants."""
 
-    work_dir: Path = field(default=Path("artifacts/exporter_benchmark"), metadata={"help": "checkpoints and graphs"})
-    output: Path = field(default=Path("reports/exporter_benchmark.json"), metadata={"help": "JSON results"})
-    models: str = field(default="minilm,distilbert", metadata={"help": f"comma list of {MODELS}"})
-    checkpoint: Path | None = field(default=None, metadata={"help": "trainer checkpoint for model 'checkpoint'"})
-    data_dir: Path = field(default=Path("data/imdb"), metadata={"help": "IMDB parquet dir (head fit + eval)"})
-    head_samples: int = field(default=256, metadata={"help": "training reviews for the fitted head"})
-    eval_samples: int = field(default=200, metadata={"help": "validation reviews for agreement/accuracy"})
-    max_length: int = field(default=128, metadata={"help": "tokens per review for head fit and eval"})
-    repeats: int = field(default=5, metadata={"help": "timed rounds (median reported)"})
-    seq_len: int = field(default=128, metadata={"help": "sequence length of the latency inputs"})
-    variants: str = field(default=",".join(VARIANTS), metadata={"help": "comma list of ONNX variants"})
-    seed: int = field(default=0, metadata={"help": "sampling and initialisation seed"})
+    work_dir: Path = field(default=Path("artifacts/exporter_benchmark"), metadata=opt("checkpoints and graphs"))
+    output: Path = field(default=Path("reports/exporter_benchmark.json"), metadata=opt("JSON results"))
+    models: str = field(default="minilm,distilbert", metadata=opt(f"comma list of {MODELS}"))
+    checkpoint: Path | None = field(default=None, metadata=opt("trainer checkpoint for model 'checkpoint'"))
+    data_dir: Path = field(default=Path("data/imdb"), metadata=opt("IMDB parquet dir (head fit + eval)"))
+    head_samples: int = field(default=256, metadata=opt("training reviews for the fitted head"))
+    eval_samples: int = field(default=200, metadata=opt("validation reviews for agreement/accuracy"))
+    max_length: int = field(default=128, metadata=opt("tokens per review for head fit and eval"))
+    repeats: int = field(default=5, metadata=opt("timed rounds (median reported)"))
+    seq_len: int = field(default=128, metadata=opt("sequence length of the latency inputs"))
+    variants: str = field(default=",".join(VARIANTS), metadata=opt("comma list of ONNX variants"))
+    seed: int = field(default=0, metadata=opt("sampling and initialisation seed"))
 
 
 def _packaged_dir() -> Path:
@@ -106,9 +108,9 @@ def build_checkpoint(name: str, path: Path, cfg: BenchmarkConfig, splits) -> Pat
     if (path / "training_config.yaml").is_file():
         return path
     torch.manual_seed(cfg.seed)
-    labels = {"id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
+    labels = {"id2label": ID2LABEL, "label2id": LABEL2ID}
     if name == "minilm":
-        model = BertForSequenceClassification.from_pretrained(_packaged_dir(), num_labels=2, **labels)
+        model = BertForSequenceClassification.from_pretrained(_packaged_dir(), num_labels=len(ID2LABEL), **labels)
     else:
         model = DistilBertForSequenceClassification(DistilBertConfig(num_labels=2, **labels))
     model.eval()

@@ -40,6 +40,12 @@ class BatchPredictConfig:
     batch_size: int = field(default=32, metadata=opt("texts per batch"))
     intra_op_threads: int = field(default=0, metadata=opt("ONNX Runtime threads; 0 = physical cores"))
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.intra_op_threads < 0:
+            raise ValueError(f"--intra-op-threads must be >= 0, got {self.intra_op_threads}")
+
 
 class Progress:
     """tqdm when installed (it is not in the serving image), else a plain stderr line."""
@@ -138,8 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in (args.input, args.output):
         if path.suffix not in FORMATS:
             return _fail(f"{path}: unsupported file type (use {' or '.join(FORMATS)})")
-    if args.batch_size < 1:
-        return _fail("--batch-size must be >= 1")
     if not args.input.is_file():
         return _fail(f"{args.input}: no such file")
     try:

@@ -152,7 +152,7 @@ class InferenceService:
                 line.per_batch * 1000,
             )
         self.refresh_gauges()
-        # One tokenizer thread: the inference workers already take the cores (see runner.py);
+        # One tokenizer thread: the inference workers already take the cores (core/layout.py);
         # tokenizing one request takes well under a millisecond.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         await self.batcher.start()
@@ -316,7 +316,8 @@ class InferenceService:
             self.metrics.admission_threshold.set(self.threshold_in_force(asyncio.get_running_loop().time()))
 
     def model_info(self) -> dict[str, Any]:
-        """The runner's facts (name, version, quantization, providers...) and the encoder's."""
+        """The runner's facts (name, version, quantization, providers...) and whether texts over
+        max_length are truncated (--truncate) or refused."""
         return {**self.runner.info, "truncate": self.config.truncate}
 
     def info(self) -> dict[str, Any]:

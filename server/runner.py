@@ -1,7 +1,7 @@
-"""The model behind the server: tokenization and an ONNX Runtime session for one model directory.
+"""Token ids -> probabilities: an ONNX Runtime session for one model directory.
 
-Imports only onnxruntime, tokenizers (through core.tokenization) and numpy: the serving
-process never loads torch or transformers.
+The second of the two jobs behind a prediction (texts -> ids is server/encoder.py's). Imports
+only onnxruntime and numpy (and core/): the serving process never loads torch or transformers.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from core.probs import softmax
 from core.tokenization import SpecialIds, pad_batch
 from server.costmodel import time_batches
 
-__all__ = ["GPU_SHAPE_BUCKET", "ModelDirError", "OnnxRunner", "Runner"]
 # On a GPU each new input shape costs a first run ~40x its later runs (measured on an H200:
 # 19 ms against 0.5 ms, docs/RESULTS.md), and a dynamic batcher makes a new (size, width)
 # nearly every batch. So by default GPU batches are padded to a few shapes, all run at start-up.

@@ -111,7 +111,7 @@ def test_model_on_gpu_follows_the_export_target_and_the_providers(tiny_model_dir
         model_on_gpu(tmp_path / "missing")
 
 
-def test_load_runner_gives_each_worker_its_share_of_threads(tiny_model_dir, monkeypatch):
+def test_load_model_gives_each_worker_its_share_of_threads(tiny_model_dir, monkeypatch):
     from server.config import ServerConfig
     from server.model import load_model
 
@@ -124,7 +124,7 @@ def test_load_runner_gives_each_worker_its_share_of_threads(tiny_model_dir, monk
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
-def test_load_runner_falls_back_to_the_cpu_layout_when_cuda_does_not_start(tiny_model_dir, monkeypatch, caplog):
+def test_load_model_falls_back_to_the_cpu_layout_when_cuda_does_not_start(tiny_model_dir, monkeypatch, caplog):
     # Asking for the CUDA provider where it cannot start is ONNX Runtime's real fallback path:
     # the session comes up on CPU. It must then get the CPU's layout, not the GPU's one worker
     # with every core (which the CPU's worker count would multiply).
