@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import time
 
 from locust import HttpUser, events, task
 
@@ -131,6 +132,10 @@ class ReviewUser(HttpUser):
         self._rng = random.Random()
         self._texts = _pool(o.review_pool, o.data_dir)
         self._timeout = o.request_timeout_s
+        # Start after a random part of one think time: users spawned within the same second would
+        # otherwise all send their first request at once, a burst no real population of clients
+        # makes, and one that the server's admission rightly meets with 503 overloaded.
+        time.sleep(self._rng.uniform(0.0, o.think_max_s))  # locust's gevent makes this cooperative
 
     @task
     def predict(self) -> None:

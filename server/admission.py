@@ -167,10 +167,14 @@ class ThresholdController:
     `high` is under the budget because overload starts from there: the steering needs a window
     of answers to react, and the answers of that first window must already be in time.
 
-    Every `every` answers, the quantile of the last `window` is compared to the goal: above
-    it, the threshold drops in proportion at once (at most halved); below it, it rises by at
-    most `rise` per update. It lapses back to its start (`high` x budget) when no answer was
-    seen for `horizon_s`, so a threshold that refused everything cannot stay stuck.
+    Every `every` answers, the quantile of the last `window` answered within `max_age_s` is
+    compared to the goal: above it, the threshold drops in proportion at once (at most halved);
+    below it, it rises by at most `rise` per update. The age limit matters once an overload
+    ends: the burst's late answers would otherwise fill the window until `window` new ones
+    replaced them, pinning the threshold low and refusing requests the server could now answer
+    in time (seen after a closed-loop burst: ~4 s of refusals at 70% of capacity). It lapses
+    back to its start (`high` x budget) when no answer was seen for `horizon_s`, so a threshold
+    that refused everything cannot stay stuck.
     """
 
     def __init__(
@@ -184,6 +188,7 @@ class ThresholdController:
         every: int = 8,
         rise: float = 1.2,
         horizon_s: float = 5.0,
+        max_age_s: float = 2.0,
     ) -> None:
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
@@ -191,7 +196,8 @@ class ThresholdController:
             raise ValueError(f"need 0 < low <= high, got {low}, {high}")
         self.budget_s, self.quantile, self.target = budget_s, quantile, target
         self.low, self.high, self.every, self.rise, self.horizon_s = low, high, every, rise, horizon_s
-        self._latencies: deque[float] = deque(maxlen=window)
+        self.max_age_s = max_age_s
+        self._latencies: deque[tuple[float, float]] = deque(maxlen=window)  # (answered at, latency)
         self._since = 0
         self._threshold = high * budget_s
         self._last = -float("inf")
@@ -208,11 +214,13 @@ class ThresholdController:
             self._latencies.clear()
             self._since, self._threshold = 0, self.high * self.budget_s
         self._last = now
-        self._latencies.append(latency_s)
+        self._latencies.append((now, latency_s))
+        while self._latencies[0][0] < now - self.max_age_s:
+            self._latencies.popleft()
         self._since += 1
         if self._since >= self.every:
             self._since = 0
-            measured = quantile_of(self._latencies, self.quantile) if tighten else 0.0
+            measured = quantile_of([latency for _, latency in self._latencies], self.quantile) if tighten else 0.0
             self._threshold = steer(
                 self._threshold,
                 measured,

@@ -150,6 +150,21 @@ def test_controller_tightens_under_late_answers_and_relaxes_when_they_are_fast()
     assert ctl.threshold(now) == pytest.approx(0.85 * 0.200)
 
 
+def test_controller_forgets_an_overload_that_ended():
+    ctl = ThresholdController(0.200, target=0.85, every=8, max_age_s=2.0)
+    now = 0.0
+    for _ in range(64):  # a burst answered at 600 ms pulls the threshold to its lowest
+        now += 0.01
+        ctl.observe(now, 0.600)
+    assert ctl.threshold(now) == pytest.approx(0.100)
+    now += 2.5  # the burst is over; answers come back fast
+    for _ in range(32):
+        now += 0.05
+        ctl.observe(now, 0.050)
+    # 32 fast answers, 4 updates: the burst's 64 late ones no longer count, so it rose 1.2x each time.
+    assert ctl.threshold(now) == pytest.approx(min(0.170, 0.100 * 1.2**4))
+
+
 def test_controller_lapses_to_the_budget_when_nothing_is_answered():
     ctl = ThresholdController(0.200, every=1, horizon_s=5.0)
     start = ctl.threshold(0.0)
