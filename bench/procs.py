@@ -21,6 +21,24 @@ def server_command(model_dir: Path, *flags: str, host: str = "127.0.0.1") -> lis
     return [sys.executable, "-m", "server", "--model-dir", str(model_dir), "--host", host, *flags]
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and every live descendant (a child that has exited is not counted:
+    read before stopping the server)."""
+    total, stack, tick = 0.0, [pid], os.sysconf("SC_CLK_TCK")
+    while stack:
+        current = stack.pop()
+        try:
+            with open(f"/proc/{current}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    stack.extend(int(child) for child in fh.read().split())
+        except OSError:  # gone meanwhile
+            continue
+    return total
+
+
 def parse_cpus(text: str) -> set[int]:
     """ "0,1" or "0-3" -> a CPU set ("" -> empty: no pinning)."""
     cpus: set[int] = set()
@@ -129,10 +147,9 @@ class ServedProcess:
             return resp.read().decode()
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system, all threads) the process has used so far."""
-        with open(f"/proc/{self._started().pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time (user + system, all threads) the process and its live children have used
+        so far: with `--processes N` the server is a parent and N children."""
+        return tree_cpu_seconds(self._started().pid)
 
     def main_thread_cpu_seconds(self) -> float:
         """CPU time of the process's main thread alone: the server's event loop, where HTTP,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,54 @@ def cgroup_cpu_quota() -> float | None:
         return None
 
 
-def thread_layout(inference_workers: int = 0, intra_op_threads: int = 0, gpu: bool = False) -> tuple[int, int]:
-    """(inference workers, ONNX Runtime threads per run) with 0s resolved: one worker per
-    physical core on CPU, one on a GPU (its runs share one CUDA stream, so more workers add
-    no overlap: Triton's default too), and the cores split among the workers."""
-    cores = physical_cores()
+def thread_layout(
+    inference_workers: int = 0, intra_op_threads: int = 0, gpu: bool = False, cores: int = 0
+) -> tuple[int, int]:
+    """(inference workers, ONNX Runtime threads per run) of one server process with 0s resolved:
+    one worker per physical core on CPU, one on a GPU (its runs share one CUDA stream, so more
+    workers add no overlap: Triton's default too), and the cores split among the workers.
+    `cores`: the process's share of the machine (default: every physical core)."""
+    cores = cores or physical_cores()
     workers = inference_workers or (1 if gpu else cores)
     return workers, intra_op_threads or max(1, cores // workers)
+
+
+# Each process on a GPU holds its own CUDA context and session (a few hundred MB of device memory
+# each), and what it buys is Python's per-request work on more cores: past a handful of
+# processes the GPU's own queue is the limit.
+GPU_MAX_PROCESSES = 8
+
+
+@dataclass(frozen=True)
+class ProcessLayout:
+    """How one server spreads over the machine: processes x workers x threads <= cores on a CPU."""
+
+    processes: int
+    workers: int  # inference workers per process
+    threads: int  # ONNX Runtime threads per run
+
+
+def auto_processes(gpu: bool, cores: int) -> int:
+    """--processes 0. On a GPU inference is cheap and the server's own Python work per request
+    (HTTP, JSON, the event loop, the tokenizer hand-off) is the limit, and it scales with
+    processes: one per physical core, at most GPU_MAX_PROCESSES. On a CPU the inference
+    workers already take every core, and one process per core splits them the same way with
+    one event loop each (see docs/RESULTS.md for the measured choice)."""
+    if gpu:
+        return max(1, min(cores, GPU_MAX_PROCESSES))
+    return max(1, cores)
+
+
+def process_layout(
+    processes: int = 1, inference_workers: int = 0, intra_op_threads: int = 0, gpu: bool = False, cores: int = 0
+) -> ProcessLayout:
+    """Processes, workers and threads with 0s resolved. The cores (cgroup quota included) are
+    split among the processes first, then among each process's workers, so that on a CPU
+    processes x workers x threads never exceeds them unless asked for explicitly."""
+    cores = cores or physical_cores()
+    count = processes or auto_processes(gpu, cores)
+    workers, threads = thread_layout(inference_workers, intra_op_threads, gpu, cores=max(1, cores // count))
+    return ProcessLayout(count, workers, threads)
 
 
 def uses_cuda(providers: Iterable[str]) -> bool:

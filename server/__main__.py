@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -23,10 +24,12 @@ from collections.abc import Sequence
 import orjson
 from aiohttp import web
 
+from core.layout import model_on_gpu, process_layout
 from core.modeldir import ModelDirError
 from server.app import begin_drain, create_app, wait_drained
 from server.config import ServerConfig, parse_config
 from server.model import load_model
+from server.supervisor import Supervisor
 
 log = logging.getLogger("server")
 
@@ -65,7 +68,7 @@ async def serve(config: ServerConfig, app: web.Application) -> None:
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+    site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_port=config.reuse_port or None)
     await site.start()
     log.info("listening on http://%s:%d", config.host, config.port)
     await stop.wait()
@@ -89,8 +92,19 @@ async def serve(config: ServerConfig, app: web.Application) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(argv)
     setup_logging(config.log_level)
+    if config.processes != 1:
+        try:
+            gpu = model_on_gpu(config.model_dir)
+        except ModelDirError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        layout = process_layout(config.processes, config.inference_workers, config.intra_op_threads, gpu)
+        if layout.processes > 1:
+            return Supervisor(config, layout, argv).run()
+        config = dataclasses.replace(config, inference_workers=layout.workers, intra_op_threads=layout.threads)
     try:
         model = load_model(config)
     except ModelDirError as exc:

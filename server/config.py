@@ -100,6 +100,20 @@ class ServerConfig:
             "two, and run all such shapes at start-up (0: 32 on a GPU, off on CPU; 1: off)"
         ),
     )
+    # 1 = today's single process. N > 1: N processes accept on one port (SO_REUSEPORT), each with
+    # its own event loop, batcher, workers and session, the cores split among them
+    # (core.layout.process_layout); 0 = core.layout.auto_processes.
+    processes: int = field(
+        default=1,
+        metadata=opt(
+            "server processes sharing the port, each with its own event loop, batcher and inference workers, "
+            "under a parent that restarts them (0: one per physical core, at most 8 on a GPU)"
+        ),
+    )
+    reuse_port: bool = field(
+        default=False,
+        metadata=opt("listen with SO_REUSEPORT, so that several servers share the port (--processes sets it)"),
+    )
     drain_timeout_s: float = field(
         default=10.0, metadata=opt("on SIGTERM/SIGINT, longest wait for accepted requests before exiting")
     )
@@ -118,7 +132,7 @@ class ServerConfig:
             "inter_op_threads",
             "drain_timeout_s",
         )
-        for name in ("inference_workers", "max_batch_tokens", "shape_bucket"):
+        for name in ("inference_workers", "max_batch_tokens", "shape_bucket", "processes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in positive:

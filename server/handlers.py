@@ -206,6 +206,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         elapsed = time.perf_counter() - start
         m = request.app[METRICS]
         m.requests.labels(endpoint, str(status)).inc()
+        m.process_requests.inc()
         m.request_duration.labels(endpoint).observe(elapsed)
         reason = request.get(REJECT_REASON)
         if reason:

@@ -7,9 +7,16 @@ sets (route names, status codes, rejection reasons), never from request data.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# prometheus-client's multiprocess mode: set for each child by the parent of `--processes N`
+# (server/supervisor.py) before the child starts, as the library asks. Every process then
+# writes its values to files in this directory, and a scrape of any process reads them all.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Dense around the 5-500 ms range that the 200 ms SLA lives in.
 LATENCY_BUCKETS = (
@@ -95,12 +102,16 @@ METRIC_NAMES = (
     "sentiment_goodput_total",
     "sentiment_batch_cost_seconds",
     "sentiment_admission_threshold_seconds",
+    "sentiment_process_requests",
 )
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, multiprocess_dir: str | None = None) -> None:
+        """`multiprocess_dir` (default: $PROMETHEUS_MULTIPROC_DIR): render every server process's
+        values, summed (counters, histograms) or per gauge's `multiprocess_mode`."""
         self.registry = registry or CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir if multiprocess_dir is not None else os.environ.get(MULTIPROC_ENV)
         r = self.registry
         self.requests = Counter(
             "sentiment_requests_total", "HTTP requests by route and status code", ["endpoint", "code"], registry=r
@@ -139,8 +150,12 @@ class Metrics:
         self.padding_ratio = Histogram(
             "sentiment_padding_ratio", "share of a batch's tokens that are padding", buckets=RATIO_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("sentiment_queue_depth", "texts waiting for a batch", registry=r)
-        self.inflight = Gauge("sentiment_inflight_requests", "prediction requests being handled", registry=r)
+        self.queue_depth = Gauge(
+            "sentiment_queue_depth", "texts waiting for a batch", registry=r, multiprocess_mode="livesum"
+        )
+        self.inflight = Gauge(
+            "sentiment_inflight_requests", "prediction requests being handled", registry=r, multiprocess_mode="livesum"
+        )
         self.rejected = Counter("sentiment_rejected_total", "requests refused, by reason", ["reason"], registry=r)
         self.batch_failures = Counter(
             "sentiment_batch_failures_total", "inference batches that raised (their requests got 500)", registry=r
@@ -150,11 +165,13 @@ class Metrics:
             "the served model (value is always 1)",
             ["model", "version", "quantization", "optimization", "target"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.predicted_wait = Gauge(
             "sentiment_predicted_wait_seconds",
-            "predicted queue wait of a request arriving now (the admission signal)",
+            "predicted queue wait of a request arriving now (the admission signal; the largest of the processes')",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.goodput = Counter(
             "sentiment_goodput_total",
@@ -163,14 +180,23 @@ class Metrics:
         )
         self.batch_cost = Gauge(
             "sentiment_batch_cost_seconds",
-            "fitted inference cost of a batch: seconds per token and per batch",
+            "fitted inference cost of a batch: seconds per token and per batch (per process: pid label)",
             ["term"],
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.admission_threshold = Gauge(
             "sentiment_admission_threshold_seconds",
-            "predicted finish a request may have to be admitted, as in force now (0: admission off)",
+            "predicted finish a request may have to be admitted, as in force now (0: admission off; per process)",
             registry=r,
+            multiprocess_mode="liveall",
+        )
+        # Shows how the kernel spreads connections over the processes (SO_REUSEPORT hashes them).
+        self.process_requests = Gauge(
+            "sentiment_process_requests",
+            "HTTP requests this server process has handled (pid label with --processes > 1)",
+            registry=r,
+            multiprocess_mode="liveall",
         )
         for term in ("per_token", "per_batch"):
             self.batch_cost.labels(term)
@@ -187,4 +213,10 @@ class Metrics:
         ).set(1)
 
     def render(self) -> tuple[bytes, str]:
+        if self.multiprocess_dir:
+            # A fresh registry holding only the collector, as the library asks: the metrics
+            # registered above would otherwise appear twice.
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]  # untyped upstream
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
