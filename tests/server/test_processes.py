@@ -115,11 +115,12 @@ def samples(text: str, name: str) -> list:
 
 
 def alive(pid: int) -> bool:
+    """Running (a zombie left for a parent that never reaps it counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 async def predict(session: aiohttp.ClientSession, url: str, text: str) -> int:
@@ -174,6 +175,21 @@ async def test_a_killed_child_is_restarted_and_the_others_keep_answering(tiny_mo
         server.stop()
     log = server.log_path.read_text()
     assert f"pid {victim}) killed by SIGKILL" in log and "starting it again" in log
+
+
+async def test_children_do_not_outlive_a_killed_parent(tiny_model_dir, tmp_path):
+    server = Server(tiny_model_dir, tmp_path / "server.log")
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            children = await server.wait_children(session, 2)
+        server.proc.kill()  # SIGKILL: the parent can pass nothing on
+        server.proc.wait()
+        deadline = time.monotonic() + 15
+        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not any(alive(pid) for pid in children), "children left serving after their parent died"
+    finally:
+        server.stop()
 
 
 async def test_sigterm_drains_every_child_and_the_parent_exits_0(tiny_model_dir, tmp_path):
