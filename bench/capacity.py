@@ -16,6 +16,7 @@ benchmarks.json (bench/capacity_report.py).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shlex
 import statistics
@@ -84,6 +85,12 @@ def run_capacity(config: BenchConfig, argv: list[str]) -> int:
         targets.append(("server_batch1", served(workers, threads, 1), ()))
     if "torch" not in config.skipped:
         targets.append(("torch_baseline", torch_command(config, cores), ()))
+    if "fastapi" not in config.skipped and importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn"):
+        from bench.fastapi_baseline import MODEL_DIR_ENV
+
+        # Its workers read the model directory from the environment (uvicorn's factory takes no arguments).
+        os.environ[MODEL_DIR_ENV] = str(config.model_dir)
+        targets.append(("fastapi_uvicorn", fastapi_command(cores), ()))
     results: dict[str, Any] = {}
     config.log_dir.mkdir(parents=True, exist_ok=True)
     for name, cmd, fractions in targets:
@@ -115,6 +122,19 @@ def run_capacity(config: BenchConfig, argv: list[str]) -> int:
     )
     print(f"wrote {', '.join(str(p) for p in paths)}", flush=True)
     return 0
+
+
+def fastapi_command(cores: int) -> list[str]:
+    """Configuration 5's served command line: FastAPI + uvicorn, a worker process per core, no
+    batching (bench/fastapi_baseline.py); ServedProcess appends --port."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.fastapi_baseline:create_app",
+        "--factory",
+        *("--host", "127.0.0.1", "--workers", str(cores), "--log-level", "warning", "--no-access-log"),
+    ]
 
 
 def torch_command(config: BenchConfig, cores: int) -> list[str]:

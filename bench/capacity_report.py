@@ -14,7 +14,7 @@ from bench.rates import SEARCH_GROWTH, SEARCH_START
 from bench.ratios import ratio_lines, summarize
 from bench.record import fmt, write_json
 
-SERVED = ("server", "in_process", "server_single_worker", "server_batch1", "torch_baseline")
+SERVED = ("server", "in_process", "server_single_worker", "server_batch1", "torch_baseline", "fastapi_uvicorn")
 
 
 def write_report(out_dir: Path, results: dict) -> list[Path]:
@@ -115,6 +115,8 @@ def render_markdown(r: dict) -> str:
         lines.append(_row("3. server, --max-batch-size 1", r["server_batch1"]))
     if "torch_baseline" in r:
         lines.append(_row("4. PyTorch eager, one request at a time", r["torch_baseline"]))
+    if "fastapi_uvicorn" in r:
+        lines.append(_row("5. FastAPI + uvicorn, a worker process per core, no batching", r["fastapi_uvicorn"]))
     if "in_process" in r:
         lines += [
             "",

@@ -43,6 +43,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     if "torch_baseline" in results:
         t = results["torch_baseline"]["capacity_rps"]
         out["vs_torch"] = server / t if t else None
+    if "fastapi_uvicorn" in results:
+        f = results["fastapi_uvicorn"]["capacity_rps"]
+        out["vs_fastapi"] = server / f if f else None
     at80 = results["server"]["at_fraction"].get("80%")
     out["p95_at_80pct_ms"] = at80["p95_ms"] if at80 else None
     return out
@@ -116,6 +119,8 @@ def ratio_lines(r: dict[str, Any]) -> list[str]:
         lines.append(_ratio("2 / 3: dynamic batching / batch size 1", s["vs_batch1"], None))
     if "vs_torch" in s:
         lines.append(_ratio("2 / 4: server / PyTorch one at a time", s["vs_torch"], TARGETS["vs_torch"]))
+    if "vs_fastapi" in s:
+        lines.append(_ratio("2 / 5: server / FastAPI + uvicorn, a worker per core", s["vs_fastapi"], None))
     p95 = s.get("p95_at_80pct_ms")
     lines.append(
         f"| p95 at 80% of capacity | {fmt(p95, '.0f', ' ms')} | <= {cfg['sla_p95_ms']:g} ms | "
