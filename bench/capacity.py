@@ -30,26 +30,16 @@ import numpy as np
 from bench.capacity_report import write_report
 from bench.ceiling import measure_ceiling, queueing_bound, repeat_ceiling
 from bench.config import BenchConfig, command_line
-from bench.machine import machine_info
-from bench.openloop import payloads
 from bench.procs import server_command
 from bench.queueing import searched_fractions
 from bench.rates import SEARCH_START
-from bench.search import search_in_process, serve_and_search
-from loadtest.texts import load_texts
+from bench.search import search_in_process, serve_and_search, workload
 from server.config import ServerConfig
 from server.config import parse_config as parse_server_config
 
 
 def run_capacity(config: BenchConfig, argv: list[str]) -> int:
-    texts, source = load_texts(config.texts, config.data_dir, seed=config.seed)
-    bodies = payloads(texts)
-    info = machine_info()
-    print(
-        f"bench: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
-        f"{info['logical_cpus']} CPUs",
-        flush=True,
-    )
+    texts, source, bodies, info = workload(config, "bench")
     from core.layout import model_on_gpu, physical_cores, thread_layout
 
     cores = physical_cores()

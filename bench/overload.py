@@ -27,13 +27,11 @@ from typing import Any
 
 from bench.config import BenchConfig, command_line
 from bench.httpclient import LeanClient
-from bench.machine import machine_info
-from bench.openloop import http_start, http_status, open_loop_samples, payloads
+from bench.openloop import http_start, http_status, open_loop_samples
 from bench.overload_figures import cpu_per_refusal_ms, median_steps, rejected_counts, split_samples, summarize
 from bench.overload_report import write_overload_report
 from bench.procs import ServedProcess, parse_cpus, server_command
-from bench.search import serve_and_search
-from loadtest.texts import load_texts
+from bench.search import serve_and_search, workload
 
 # (name, multiple of the budget-off capacity); the recovery step follows the 5x burst at once.
 STEPS = (("0.8x", 0.8), ("1.5x", 1.5), ("2x", 2.0), ("5x", 5.0), ("recovery 0.5x", 0.5))
@@ -44,14 +42,7 @@ SearchCapacity = Callable[..., dict[str, Any]]
 
 def run_overload_bench(config: BenchConfig, argv: list[str]) -> int:
     """The overload benchmark on the server's default layout; writes its report."""
-    texts, source = load_texts(config.texts, config.data_dir, seed=config.seed)
-    bodies = payloads(texts)
-    info = machine_info()
-    print(
-        f"bench --overload: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
-        f"{info['logical_cpus']} CPUs",
-        flush=True,
-    )
+    texts, source, bodies, info = workload(config, "bench --overload")
     from core.layout import model_on_gpu, thread_layout
 
     workers, threads = thread_layout(config.inference_workers, config.intra_op_threads, model_on_gpu(config.model_dir))

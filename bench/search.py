@@ -17,16 +17,19 @@ from typing import Any
 from bench.config import BenchConfig
 from bench.httpclient import LeanClient
 from bench.inprocess import InProcessServer
+from bench.machine import machine_info
 from bench.openloop import (
     StepResult,
     closed_loop,
     closed_loop_throughput,
     open_loop_step,
+    payloads,
     run_step,
     wait_for_quiet,
 )
 from bench.procs import ServedProcess, parse_cpus
 from bench.rates import SEARCH_START, capacity, next_rate
+from loadtest.texts import load_texts
 from server.config import ServerConfig
 
 # probe(concurrency, seconds) -> successes per second; step(rate, seed) -> one open-loop step.
@@ -100,6 +103,19 @@ async def search_in_process(
             step=lambda rate, seed: open_loop_step(start, len(texts), rate, config.duration_s, seed),
         )
     return {"model_info": target.info(), **result}
+
+
+def workload(config: BenchConfig, label: str) -> tuple[list[str], str, list[bytes], dict[str, Any]]:
+    """What every benchmark sends and records: (texts, their source, request bodies, machine facts),
+    announced in one line."""
+    texts, source = load_texts(config.texts, config.data_dir, seed=config.seed)
+    info = machine_info()
+    print(
+        f"{label}: {len(texts)} texts ({source}); model {config.model_dir}; {info['cpu_model']}, "
+        f"{info['logical_cpus']} CPUs",
+        flush=True,
+    )
+    return texts, source, payloads(texts), info
 
 
 PROBE_REST_S = 10.0

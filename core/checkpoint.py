@@ -34,9 +34,9 @@ class TrainingRecord:
     def base_model(self) -> str:
         return str(self.values["base_model"])
 
-    def encoder(self, tokenizer_file: Path | None = None) -> TextEncoder:
+    def encoder(self) -> TextEncoder:
         """The checkpoint's tokenizer with the truncation it was trained with."""
-        return TextEncoder.from_file(tokenizer_file or self.path.parent / "tokenizer.json", self.truncation)
+        return TextEncoder.from_file(self.path.parent / "tokenizer.json", self.truncation)
 
 
 def read_training_config(checkpoint: str | Path) -> TrainingRecord:

@@ -27,6 +27,7 @@ class Checkpoint:
         return self.path / "tokenizer.json"
 
     def encoder(self) -> TextEncoder:
+        """The tokenizer with the checkpoint's truncation (what core.checkpoint's record builds)."""
         return TextEncoder.from_file(self.tokenizer_file, self.truncation)
 
 
@@ -40,7 +41,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     record = read_training_config(path)
     training, truncation = record.values, record.truncation
     try:
-        TextEncoder.from_file(path / "tokenizer.json", truncation)
+        record.encoder()
     except Exception as exc:  # tokenizers raises bare Exception subclasses
         raise CheckpointError(f"checkpoint tokenizer/truncation unusable: {exc}") from None
 

@@ -31,7 +31,6 @@ class ModelEncoder:
     def __init__(self, model: ModelDir, truncate: bool = True) -> None:
         self._encoder = model.encoder(truncate)
         self.max_length = model.truncation.max_length
-        self.truncate = truncate
 
     @property
     def specials(self) -> SpecialIds:
