@@ -42,6 +42,7 @@ import numpy as np
 from server.admission import Backlog, estimated_batches
 from server.batching import BatchLimits, dispatch_delay, select_batch
 from server.costmodel import BatchCostModel
+from server.looppost import LoopPoster
 from server.metrics import Metrics
 
 log = logging.getLogger("server.batcher")
@@ -119,7 +120,7 @@ class MicroBatcher:
         self._stopping = False
         self._wake = asyncio.Event()  # the watchdog's earliest deadline moved earlier
         self._armed = float("inf")  # the deadline the watchdog's timer is set for (loop thread only)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poster: LoopPoster | None = None
         self._task: asyncio.Task[None] | None = None
         self._threads: list[threading.Thread] = []
         # What the queue holds, recounted at every change (under the lock) for `backlog`:
@@ -141,8 +142,9 @@ class MicroBatcher:
         return Backlog(running_s=running, queued_tokens=small_tokens + big_tokens, queued_batches=batches)
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._watch_deadlines(), name="batcher-deadlines")
+        loop = asyncio.get_running_loop()
+        self._poster = LoopPoster(loop)
+        self._task = loop.create_task(self._watch_deadlines(), name="batcher-deadlines")
         self._threads = [
             threading.Thread(target=self._work, args=(k,), name=f"inference_{k}", daemon=True)
             for k in range(self.workers)
@@ -318,9 +320,9 @@ class MicroBatcher:
 
     def _post(self, callback: Callable[..., None], *args: object) -> None:
         """Run `callback(*args)` on the event loop: futures are resolved only from its thread."""
-        if self._loop is None:
+        if self._poster is None:
             raise RuntimeError("MicroBatcher used before start()")
-        self._loop.call_soon_threadsafe(callback, *args)
+        self._poster.post(callback, *args)
 
     def _set_depth(self) -> None:
         """Under the lock, after every change to the queue: its counts for `backlog` and the gauge."""

@@ -7,7 +7,6 @@ import logging
 import math
 import re
 import time
-import uuid
 
 import orjson
 from aiohttp import web
@@ -184,7 +183,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Outermost: request id, model headers, request metrics and one JSON access-log line."""
     start = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID.match(incoming) else request.app[STATE].next_request_id()
     request[REQUEST_ID] = request_id
     route = request.match_info.route
     endpoint = route.name or "unmatched"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from server.encoder import Encoder
 from server.looplag import LoopLag
 from server.metrics import Metrics
 from server.runner import Runner
+from server.tokenizing import TokenizerStage
 
 log = logging.getLogger("server.inference")
 
@@ -68,17 +68,12 @@ class Answer:
     labels: tuple[str, ...]
 
     def predictions(self) -> list[dict[str, Any]]:
-        out = []
-        for probs in self.probabilities:
-            best = int(np.argmax(probs))
-            out.append(
-                {
-                    "label": self.labels[best],
-                    "score": float(probs[best]),
-                    "probabilities": {label: float(p) for label, p in zip(self.labels, probs)},
-                }
-            )
-        return out
+        labels = self.labels
+        # One argmax and one tolist for all rows: numpy scalars one at a time cost more.
+        return [
+            {"label": labels[best], "score": row[best], "probabilities": dict(zip(labels, row))}
+            for best, row in zip(self.probabilities.argmax(axis=1).tolist(), self.probabilities.tolist())
+        ]
 
 
 def on_gpu(runner: Runner) -> bool:
@@ -140,7 +135,7 @@ class InferenceService:
         self.token_estimate = admission.TokenEstimate(encoder.max_length)
         self.loop_lag = LoopLag()
         self._tokenizing = (0, 0)  # (texts, estimated tokens) admitted and not yet queued; loop thread only
-        self._pool: ThreadPoolExecutor | None = None
+        self.tokenizer = TokenizerStage(encoder.encode)
 
     async def start(self) -> None:
         """Start the tokenizer thread and the inference workers."""
@@ -152,9 +147,7 @@ class InferenceService:
                 line.per_batch * 1000,
             )
         self.refresh_gauges()
-        # One tokenizer thread: the inference workers already take the cores (core/layout.py);
-        # tokenizing one request takes well under a millisecond.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.tokenizer.start()
         await self.batcher.start()
         if self.budget_s:
             self.loop_lag.start()
@@ -163,8 +156,7 @@ class InferenceService:
         """Finish running batches, fail what is still queued, stop the threads."""
         self.loop_lag.stop()
         await self.batcher.stop()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        self.tokenizer.stop()
 
     # -- admission --------------------------------------------------------------
 
@@ -264,7 +256,7 @@ class InferenceService:
         self._tokenizing = (self._tokenizing[0] + reserved[0], self._tokenizing[1] + reserved[1])
         try:
             started = loop.time()
-            seqs = await loop.run_in_executor(self._pool, self.encoder.encode, texts)
+            seqs = await self.tokenizer.encode(texts)
             if self.metrics:
                 self.metrics.tokenize_duration.observe(loop.time() - started)
         finally:

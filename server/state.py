@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -20,6 +22,13 @@ class ServerState:
     draining: bool = False  # SIGTERM received: refuse new work, finish accepted work
     inflight: int = 0  # prediction requests accepted and not yet answered
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Request ids: a random prefix per server process and a counter, 32 hex digits like a
+    # uuid4's, unique across processes; uuid4 per request cost ~5% of the loop's time.
+    id_prefix: str = field(default_factory=lambda: os.urandom(8).hex())
+    id_counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    def next_request_id(self) -> str:
+        return f"{self.id_prefix}{next(self.id_counter):016x}"
 
 
 CONFIG = web.AppKey("config", ServerConfig)
