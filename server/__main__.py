@@ -27,8 +27,10 @@ from aiohttp import web
 from core.layout import model_on_gpu, process_layout
 from core.modeldir import ModelDirError
 from server.app import begin_drain, create_app, wait_drained
+from server.auth import KeyFileError, read_keys
 from server.config import ServerConfig, parse_config
 from server.model import load_model
+from server.state import API_KEYS
 from server.supervisor import Supervisor
 
 log = logging.getLogger("server")
@@ -66,6 +68,9 @@ async def serve(config: ServerConfig, app: web.Application) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP re-reads the API keys; without them it is logged, not the default (exit).
+    keys = app.get(API_KEYS)
+    loop.add_signal_handler(signal.SIGHUP, keys.reload if keys else lambda: log.info("SIGHUP: no API keys to re-read"))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_port=config.reuse_port or None)
@@ -95,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(argv)
     setup_logging(config.log_level)
+    try:
+        if config.api_key_file is not None:  # before the model loads or children start
+            read_keys(config.api_key_file)
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if config.processes != 1:
         try:
             gpu = model_on_gpu(config.model_dir)
@@ -110,7 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelDirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(config, runner=model.runner, encoder=model.encoder)
+    try:
+        app = create_app(config, runner=model.runner, encoder=model.encoder)
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(serve(config, app))
     except OSError as exc:  # port in use, address not available

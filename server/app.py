@@ -7,9 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from server import handlers
+from server.auth import ApiKeys, auth_middleware
 from server.config import ServerConfig
+from server.cors import setup_cors
 from server.encoder import Encoder
 from server.errors import error_middleware
 from server.inference import InferenceService, startup_timings
@@ -17,7 +20,7 @@ from server.metrics import Metrics
 from server.model import ServedModel, load_model
 from server.openapi import openapi_handler
 from server.runner import Runner
-from server.state import BATCHER, CONFIG, METRICS, MODEL, SERVICE, STATE, ServerState
+from server.state import API_KEYS, BATCHER, CONFIG, METRICS, MODEL, SERVICE, STATE, ServerState
 
 log = logging.getLogger("server.app")
 
@@ -29,9 +32,13 @@ def create_app(
     runner (a test's fake, or one loaded before the port opened) comes with its encoder."""
     if (runner is None) != (encoder is None):
         raise TypeError("create_app: give both runner and encoder, or neither")
-    app = web.Application(
-        client_max_size=config.max_body_bytes, middlewares=[handlers.observe_middleware, error_middleware]
-    )
+    middlewares: list[Middleware] = [handlers.observe_middleware, error_middleware]
+    keys = ApiKeys(config.api_key_file) if config.api_key_file is not None else None  # raises KeyFileError
+    if keys is not None:
+        middlewares.append(auth_middleware(keys))
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+    if keys is not None:
+        app[API_KEYS] = keys
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics()
     app[STATE] = ServerState()
@@ -44,6 +51,8 @@ def create_app(
     app.router.add_get("/readyz", handlers.readyz, name="readyz")
     app.router.add_get("/metrics", handlers.metrics, name="metrics")
     app.router.add_get("/openapi.json", openapi_handler, name="openapi")
+    if config.cors_allow_origin:
+        setup_cors(app, config.cors_allow_origin)  # after every route
     return app
 
 

@@ -6,6 +6,7 @@ Each field `max_batch_size` is the flag `--max-batch-size` and the environment v
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,10 +118,31 @@ class ServerConfig:
     drain_timeout_s: float = field(
         default=10.0, metadata=opt("on SIGTERM/SIGINT, longest wait for accepted requests before exiting")
     )
+    # Without these two the server is open to any caller on its port, and to no browser page
+    # of another origin (server/auth.py, server/cors.py).
+    api_key_file: Path | None = field(
+        default=None,
+        metadata=opt(
+            "file of API keys, one per line: POST /v1/predict then needs 'Authorization: Bearer <key>' "
+            "(probes, /metrics, the playground and the docs stay open; re-read on SIGHUP)"
+        ),
+    )
+    cors_allow_origin: list[str] = field(
+        default_factory=list,
+        metadata=opt("an origin whose pages may call the API, e.g. https://app.example.com (repeatable)"),
+    )
     log_level: str = field(default="info", metadata=opt(HELP_LOG_LEVEL))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
+        if self.api_key_file is not None:
+            object.__setattr__(self, "api_key_file", Path(self.api_key_file))
+        object.__setattr__(self, "cors_allow_origin", list(self.cors_allow_origin))
+        for origin in self.cors_allow_origin:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(
+                    f"--cors-allow-origin must be an origin like https://app.example.com or *, got {origin!r}"
+                )
         positive = (
             "port",
             "max_batch_size",

@@ -39,6 +39,7 @@ def error_response(err: ApiError) -> web.Response:
 
 # aiohttp's own HTTP exceptions (routing, body size) mapped to our codes.
 _HTTP_CODES = {
+    403: ("forbidden", "forbidden"),  # a CORS preflight from an origin not allowed (aiohttp-cors)
     404: ("not_found", "not_found"),
     405: ("method_not_allowed", "invalid"),
     413: ("body_too_large", "too_large"),

@@ -82,6 +82,8 @@ REJECT_REASONS = (
     "draining",
     "not_ready",
     "not_found",
+    "unauthorized",
+    "forbidden",
 )
 
 METRIC_NAMES = (

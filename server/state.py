@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -14,6 +15,9 @@ from server.config import ServerConfig
 from server.inference import InferenceService
 from server.metrics import Metrics
 from server.model import ServedModel
+
+if TYPE_CHECKING:  # server.auth renders its refusals with server.errors, which reads this module
+    from server.auth import ApiKeys
 
 
 @dataclass
@@ -37,6 +41,7 @@ STATE = web.AppKey("state", ServerState)
 MODEL = web.AppKey("model", ServedModel)  # the encoder and the runner
 BATCHER = web.AppKey("batcher", MicroBatcher)  # the service's, for tests and introspection
 SERVICE = web.AppKey("service", InferenceService)
+API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")  # only with --api-key-file
 
 # Per-request facts the access log and metrics middleware read after the handler ran.
 REQUEST_ID = web.RequestKey("request_id", str)

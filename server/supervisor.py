@@ -8,7 +8,7 @@ connection to one of them). The parent loads no model and serves nothing:
 - a child that dies is started again, and the parent logs its exit code or signal; a child that
   keeps dying (CRASH_LIMIT exits within CRASH_WINDOW_S) stops the server with exit 1;
 - SIGTERM/SIGINT is passed to every child, each drains as a single server does, and the parent
-  exits 0 once every child has exited 0;
+  exits 0 once every child has exited 0; SIGHUP (re-read the API keys) is passed on too;
 - metrics: every child writes to one prometheus-client multiprocess directory, so a scrape of any
   child is one view of all of them; the parent wipes it at start and drops a dead child's live
   gauges (`mark_process_dead`), as the library asks of its supervisor.
@@ -98,6 +98,7 @@ class Supervisor:
         """Start the children, keep them running, drain them on SIGTERM; the exit status."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
+        signal.signal(signal.SIGHUP, self._pass_on)
         self._wipe_metrics()
         log.info(
             "starting %d server processes on %s:%d (%d inference worker(s) x %d thread(s) each)",
@@ -161,6 +162,12 @@ class Supervisor:
 
         multiprocess.mark_process_dead(child.process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]  # untyped upstream
         self.children.pop(child.slot, None)
+
+    def _pass_on(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP (re-read the API keys) goes to every child: each holds its own copy."""
+        for child in self.children.values():
+            if child.process.poll() is None:
+                child.process.send_signal(signum)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

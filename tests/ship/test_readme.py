@@ -48,6 +48,9 @@ def first_code(cell: str) -> str | None:
 def stated_value(cell: str, default: object) -> object:
     """The value a README cell states, parsed to the type of the code's `default`: a bool is
     written `on`/`off`, every other value is the cell's first `code` span (`2 MiB` allowed)."""
+    if default is None:  # an optional setting, off unless given
+        assert cell.split()[0] == "none", f"a default of None is written none, got {cell!r}"
+        return None
     if isinstance(default, bool):
         word = cell.split()[0]
         assert word in ("on", "off"), f"a boolean default is written on/off, got {cell!r}"
@@ -71,7 +74,12 @@ def flag_field(cell: str) -> str:
 
 
 def field_defaults(cls: type) -> dict[str, object]:
-    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+    """Each field's default; an empty list (a repeatable flag given no value) reads as none."""
+    out: dict[str, object] = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+    for f in fields(cls):
+        if f.default_factory is not MISSING:
+            out[f.name] = f.default_factory() or None
+    return out
 
 
 SERVER = table_after("**Server settings**")
