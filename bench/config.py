@@ -16,7 +16,7 @@ from core.cli import opt
 from loadtest.texts import DEFAULT_DATA_DIR
 
 PROG = "python -m bench"
-SKIPPABLE = ("in_process", "single_worker", "batch1", "torch", "fastapi")
+SKIPPABLE = ("in_process", "single_worker", "batch1", "torch", "fastapi", "overhead")
 QUICK: dict[str, Any] = {
     "texts": 96,
     "duration_s": 4.0,
@@ -26,6 +26,7 @@ QUICK: dict[str, Any] = {
     "ceiling_s": 2.0,
     "quiet_wait_s": 5.0,
     "overload_step_s": 4.0,
+    "overhead_s": 3.0,
 }
 QUICK_OUTPUT_DIR = Path("reports/bench-quick")
 # --checkpoint left out: recorded as "-" in the report. Only the PyTorch baseline serves it.
@@ -118,6 +119,14 @@ class BenchConfig:
         ),
     )
     overload_step_s: float = field(default=30.0, metadata=opt("seconds per overload step"))
+    overhead_s: float = field(
+        default=15.0,
+        metadata=opt(
+            "seconds of each closed-loop run of the overhead row (bench/overhead.py: a tiny random model, "
+            "one process vs --processes 0 vs FastAPI + uvicorn)"
+        ),
+    )
+    overhead_concurrency: int = field(default=32, metadata=opt("connections in the overhead row's closed loop"))
 
     def __post_init__(self) -> None:
         if self.checkpoint == NO_CHECKPOINT and not self.overload and "torch" not in self.skipped:
@@ -132,10 +141,10 @@ class BenchConfig:
             raise ValueError("--retries, --max-other-cpu and --quiet-wait-s must be >= 0")
         if self.inference_workers < 0 or self.intra_op_threads < 0 or self.torch_threads < 0:
             raise ValueError("--inference-workers, --intra-op-threads and --torch-threads must be >= 0")
-        for name in ("texts", "max_batch_size", "max_steps", "rounds", "probe_concurrency"):
+        for name in ("texts", "max_batch_size", "max_steps", "rounds", "probe_concurrency", "overhead_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("duration_s", "probe_s", "ceiling_s", "sla_p95_ms", "timeout_s", "overload_step_s"):
+        for name in ("duration_s", "probe_s", "ceiling_s", "sla_p95_ms", "timeout_s", "overload_step_s", "overhead_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.max_error_rate <= 1:

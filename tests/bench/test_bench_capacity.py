@@ -77,7 +77,7 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
             "--data-dir",
             str(tmp_path / "no-data"),
             "--skip",
-            "single_worker,batch1,torch",
+            "single_worker,batch1,torch,overhead",  # the overhead row: tests/bench/test_bench_overhead.py
             "--inference-workers",
             "2",
             "--intra-op-threads",
