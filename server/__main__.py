@@ -29,6 +29,8 @@ from core.modeldir import ModelDirError
 from server.app import begin_drain, create_app, wait_drained
 from server.config import ServerConfig, parse_config
 from server.model import load_model
+from server.predlog import PredictionLogError
+from server.predlog import check as check_prediction_log
 from server.supervisor import Supervisor
 
 log = logging.getLogger("server")
@@ -95,6 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(argv)
     setup_logging(config.log_level)
+    if config.prediction_log is not None:
+        try:  # here, before the children or the model: a bad path is one line, not N crashing children
+            check_prediction_log(config.prediction_log)
+        except PredictionLogError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if config.processes != 1:
         try:
             gpu = model_on_gpu(config.model_dir)

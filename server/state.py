@@ -11,9 +11,10 @@ from aiohttp import web
 
 from server.batcher import MicroBatcher
 from server.config import ServerConfig
-from server.inference import InferenceService
+from server.inference import Answer, InferenceService
 from server.metrics import Metrics
 from server.model import ServedModel
+from server.predlog import PredictionLog
 
 
 @dataclass
@@ -37,9 +38,13 @@ STATE = web.AppKey("state", ServerState)
 MODEL = web.AppKey("model", ServedModel)  # the encoder and the runner
 BATCHER = web.AppKey("batcher", MicroBatcher)  # the service's, for tests and introspection
 SERVICE = web.AppKey("service", InferenceService)
+PREDLOG = web.AppKey("predlog", PredictionLog)  # only with --prediction-log
 
 # Per-request facts the access log and metrics middleware read after the handler ran.
 REQUEST_ID = web.RequestKey("request_id", str)
 TEXT_COUNT = web.RequestKey("text_count", int)
 BATCH_SIZE = web.RequestKey("batch_size", int)
 REJECT_REASON = web.RequestKey("reject_reason", str)
+# What the prediction log records of a prediction request (set only while the log is on).
+ANSWER = web.RequestKey("answer", Answer)
+TEXTS = web.RequestKey("texts", list)

@@ -47,7 +47,10 @@ def first_code(cell: str) -> str | None:
 
 def stated_value(cell: str, default: object) -> object:
     """The value a README cell states, parsed to the type of the code's `default`: a bool is
-    written `on`/`off`, every other value is the cell's first `code` span (`2 MiB` allowed)."""
+    written `on`/`off`, None `unset`, every other value is the cell's first `code` span (`2 MiB` allowed)."""
+    if default is None:  # an optional setting that is off until given
+        assert cell.split()[0] == "unset", f"a default of None is written unset, got {cell!r}"
+        return None
     if isinstance(default, bool):
         word = cell.split()[0]
         assert word in ("on", "off"), f"a boolean default is written on/off, got {cell!r}"
