@@ -4,7 +4,8 @@ model.onnx            the graph (int8 for cpu, fp16 for gpu)
 tokenizer.json        the checkpoint's tokenizer, truncation recorded in it
 config.json           the checkpoint's config: id2label, plus a `serving` block (truncation,
                       quantization, target, name, version)
-export_report.json    optional: parity figures, versions, hashes
+export_report.json    optional: parity figures, versions, hashes, the input reference
+                      (core/reference.py)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.reference import BadReference, InputReference, read_reference
 from core.tokenization import TextEncoder, TruncationConfig
 
 MODEL_FILES = ("model.onnx", "tokenizer.json", "config.json")  # what the server needs
@@ -64,6 +66,23 @@ class ModelDir:
 
     def parity_summary(self) -> dict[str, Any]:
         return parity_summary(self.report)
+
+    def reference(self) -> InputReference | None:
+        """The export report's input reference (core/reference.py), None where it has none.
+        Raises ModelDirError when it is malformed."""
+        try:
+            return read_reference(self.report)
+        except BadReference as exc:
+            raise ModelDirError(f"{self.path / REPORT_FILE}: {exc}") from None
+
+    def label_share(self) -> dict[str, float] | None:
+        """The training data's label share from the reference, None where unknown (never raises:
+        a malformed reference must not stop a server)."""
+        try:
+            ref = read_reference(self.report)
+        except BadReference:
+            return None
+        return ref.label_share if ref is not None else None
 
 
 def read_model_dir(model_dir: str | Path) -> ModelDir:

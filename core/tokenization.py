@@ -81,6 +81,20 @@ class SpecialIds:
     pad_id: int
 
 
+class EncodedTexts(list[np.ndarray]):
+    """What `encode_batch` returns: a list of id arrays, one per text, as every caller that wants
+    the ids reads it, plus `truncated`: whether truncation cut each text. The ids cannot tell a
+    text cut to max_length from one exactly that long; the server's prediction log records it."""
+
+    def __init__(self, ids: Iterable[np.ndarray] = (), truncated: Iterable[bool] = ()) -> None:
+        super().__init__(ids)
+        self.truncated = list(truncated)
+
+    def part(self, start: int, stop: int) -> EncodedTexts:
+        """Texts start..stop-1 with their flags (a plain slice would drop them)."""
+        return EncodedTexts(self[start:stop], self.truncated[start:stop])
+
+
 class TextEncoder:
     """Cleans, tokenizes and truncates reviews to id arrays of varying length.
 
@@ -117,11 +131,12 @@ class TextEncoder:
                 return int(token_id)
         raise ValueError(f"tokenizer has none of the special tokens {names}")
 
-    def encode_batch(self, texts: Sequence[str], clean: bool = True) -> list[np.ndarray]:
-        """Ids with [CLS]/[SEP], each at most `max_length` long (int64).
+    def encode_batch(self, texts: Sequence[str], clean: bool = True) -> EncodedTexts:
+        """Ids with [CLS]/[SEP], each at most `max_length` long (int64), and which texts were cut.
 
         A review far longer than what truncation keeps is tokenized only in its kept head (and
-        tail) windows (`_windows`); the ids are the same as tokenizing it whole."""
+        tail) windows (`_windows`); the ids are the same as tokenizing it whole. Such a review
+        is always cut: its cleaned text drops more than `char_cap` characters between the windows."""
         if clean:
             texts = [clean_text(t) for t in texts]
         windows = [self._windows(t) for t in texts] if self.char_cap else [None] * len(texts)
@@ -131,13 +146,19 @@ class TextEncoder:
         for i, enc in zip(plain, self._tok.encode_batch_fast([texts[i] for i in plain], add_special_tokens=False)):
             bodies[i] = enc.ids
         cut = [i for i, w in enumerate(windows) if w is not None]
+        windowed = [False] * len(texts)
         if cut:
             encodings = self._tok.encode_batch([windows[i][0] for i in cut], add_special_tokens=False)  # type: ignore[index]
             for i, enc in zip(cut, encodings):
                 bodies[i] = self._windowed_body(enc, windows[i][1])  # type: ignore[index]
+                windowed[i] = bodies[i] is not None
                 if bodies[i] is None:  # the windows held too few word pieces: tokenize it whole
                     bodies[i] = self._tok.encode(texts[i], add_special_tokens=False).ids
-        return [self._frame(body) for body in bodies]  # type: ignore[arg-type]
+        budget = self.truncation.max_length - 2
+        return EncodedTexts(
+            [self._frame(body) for body in bodies],  # type: ignore[arg-type]
+            [w or len(body) > budget for w, body in zip(windowed, bodies)],  # type: ignore[arg-type]
+        )
 
     def _kept(self) -> tuple[int, int]:
         """Word pieces truncation keeps from the head and from the tail of a long review."""

@@ -145,6 +145,7 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
         latency=latency_result,
         serving=serving,
         steps=steps,
+        reference=report.input_reference(encoder, eval_set, ckpt.hf_config.get("id2label", {})),
     )
     (stage / "export_report.json").write_text(json.dumps(result, indent=2) + "\n")
     written = sorted(p.name for p in stage.iterdir())

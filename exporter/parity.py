@@ -31,6 +31,10 @@ class EvalSet:
     texts: list[str]
     labels: list[int] | None  # None for random text: agreement only, no accuracy
     source: str
+    # Label id -> reviews in the training data (the reference for the positive-share drift
+    # alert), and where they were counted; None for random text.
+    label_counts: dict[int, int] | None = None
+    label_source: str | None = None
 
 
 def load_eval_set(
@@ -61,20 +65,25 @@ def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict) -> E
     try:
         if load_splits is not None:  # the trainer's validation split: the gate never sees test
             kwargs = {k: training_config[k] for k in ("val_fraction", "seed") if k in training_config}
-            frame = load_splits(data_dir, **kwargs).val
+            splits = load_splits(data_dir, **kwargs)
+            frame, counted = splits.val, splits.train
             source = f"{data_dir} validation split (trainer.data.load_splits {kwargs or 'defaults'})"
+            label_source = f"{data_dir} train split ({len(counted)} reviews)"
         else:
             name = next((f for f in ("validation.parquet", "test.parquet") if (data_dir / f).is_file()), None)
             if name is None:
                 raise EvalDataError(f"{data_dir} has no validation.parquet or test.parquet")
             frame, source = pd.read_parquet(data_dir / name, columns=["text", "label"]), str(data_dir / name)
+            counted, label_source = frame, f"{source} ({len(frame)} reviews; the trainer was not installed)"
     except EvalDataError:
         raise
     except Exception as exc:
         raise EvalDataError(f"cannot read eval data {data_dir}: {exc}") from None
+    counts = {int(k): int(v) for k, v in counted["label"].value_counts().items()}
     # files are sorted by label: sample, never take the head
     frame = frame.sample(n=min(n, len(frame)), random_state=seed)
-    return EvalSet(frame["text"].astype(str).tolist(), frame["label"].astype(int).tolist(), source)
+    texts, labels = frame["text"].astype(str).tolist(), frame["label"].astype(int).tolist()
+    return EvalSet(texts, labels, source, counts, label_source)
 
 
 def _random_text(n: int, seed: int, vocab: list[str]) -> EvalSet:

@@ -6,6 +6,10 @@ import hashlib
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+from core.reference import build_reference
+from core.tokenization import TextEncoder
 
 
 def file_sha256(path: Path) -> str:
@@ -62,6 +66,17 @@ def graph_facts(model_path: Path) -> dict:
     }
 
 
+def input_reference(encoder: TextEncoder, eval_set: Any, id2label: dict[Any, Any]) -> dict | None:
+    """The `reference` block (core/reference.py): the parity reviews' served token counts and
+    the training data's label share. None for random text, which is no reference for reviews."""
+    if eval_set.labels is None:
+        return None
+    lengths = [len(ids) for ids in encoder.encode_batch(eval_set.texts)]
+    names = {int(k): str(v) for k, v in id2label.items()}
+    counts = {names.get(k, str(k)): n for k, n in sorted((eval_set.label_counts or {}).items())}
+    return build_reference(lengths, eval_set.source, counts or None, eval_set.label_source).to_dict()
+
+
 def serving_block(
     truncation: dict, model_name: str, model_version: str, quantization: str, optimization: str, target: str
 ) -> dict:
@@ -89,6 +104,7 @@ def build_report(
     latency: dict,
     serving: dict,
     steps: list[str],
+    reference: dict | None = None,
 ) -> dict:
     return {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -114,4 +130,6 @@ def build_report(
         "model_name": serving["model_name"],
         "model_version": serving["model_version"],
         "config": config,
+        # What served traffic is compared with (server/monitor.py); null without labelled data.
+        "reference": reference,
     }

@@ -30,6 +30,8 @@ from server.app import begin_drain, create_app, wait_drained
 from server.auth import KeyFileError, read_keys
 from server.config import ServerConfig, parse_config
 from server.model import load_model
+from server.predlog import PredictionLogError
+from server.predlog import check as check_prediction_log
 from server.state import API_KEYS
 from server.supervisor import Supervisor
 
@@ -100,10 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(argv)
     setup_logging(config.log_level)
-    try:
-        if config.api_key_file is not None:  # before the model loads or children start
+    try:  # here, before the model loads or children start: one line, not N crashing children
+        if config.api_key_file is not None:
             read_keys(config.api_key_file)
-    except KeyFileError as exc:
+        if config.prediction_log is not None:
+            check_prediction_log(config.prediction_log)
+    except (KeyFileError, PredictionLogError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if config.processes != 1:

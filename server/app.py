@@ -19,8 +19,9 @@ from server.inference import InferenceService, startup_timings
 from server.metrics import Metrics
 from server.model import ServedModel, load_model
 from server.openapi import openapi_handler
+from server.predlog import PredictionLog
 from server.runner import Runner
-from server.state import API_KEYS, BATCHER, CONFIG, METRICS, MODEL, SERVICE, STATE, ServerState
+from server.state import API_KEYS, BATCHER, CONFIG, METRICS, MODEL, PREDLOG, SERVICE, STATE, ServerState
 
 log = logging.getLogger("server.app")
 
@@ -66,6 +67,11 @@ async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
     await loop.run_in_executor(None, runner.warmup)
     timings = await loop.run_in_executor(None, startup_timings, runner)
     app[METRICS].set_model_info(runner.info)
+    app[METRICS].set_labels(tuple(runner.labels), runner.info.get("label_share"))
+    predlog = PredictionLog.from_config(config, runner.info, app[METRICS])  # None without --prediction-log
+    if predlog is not None:
+        app[PREDLOG] = predlog
+        predlog.start()
     service = InferenceService(encoder, runner, config, app[METRICS], timings=timings)
     app[SERVICE] = service
     app[BATCHER] = service.batcher
@@ -80,6 +86,8 @@ async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     state.ready = False
     await service.stop()
+    if predlog is not None:
+        await loop.run_in_executor(None, predlog.close)  # what is still queued is written
 
 
 def begin_drain(app: web.Application) -> None:

@@ -132,6 +132,25 @@ class ServerConfig:
         metadata=opt("an origin whose pages may call the API, e.g. https://app.example.com (repeatable)"),
     )
     log_level: str = field(default="info", metadata=opt(HELP_LOG_LEVEL))
+    # The prediction log (server/predlog.py): one writer thread per process drains a bounded
+    # queue and commits in batches; the request path only appends to the queue.
+    prediction_log: Path | None = field(
+        default=None,
+        metadata=opt("SQLite file that logs every prediction (off when unset; schema in README), created if missing"),
+    )
+    prediction_log_sample: float = field(
+        default=1.0, metadata=opt("share of prediction requests logged, 0..1 (a request is logged whole or not)")
+    )
+    prediction_log_max_rows: int = field(
+        default=1_000_000, metadata=opt("most rows the prediction log keeps: the oldest are pruned")
+    )
+    prediction_log_queue: int = field(
+        default=10_000,
+        metadata=opt("most requests waiting for the log's writer; beyond it their rows are dropped and counted"),
+    )
+    log_texts: bool = field(
+        default=False, metadata=opt("store each text in the prediction log too (off by default: privacy)")
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
@@ -177,6 +196,13 @@ class ServerConfig:
             raise ValueError(f"--port must be <= 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"--log-level must be one of {LOG_LEVELS}, got {self.log_level!r}")
+        if self.prediction_log is not None:
+            object.__setattr__(self, "prediction_log", Path(self.prediction_log))
+        if not 0.0 <= self.prediction_log_sample <= 1.0:
+            raise ValueError(f"--prediction-log-sample must be within [0, 1], got {self.prediction_log_sample}")
+        for name in ("prediction_log_max_rows", "prediction_log_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
 
 
 def flag(name: str) -> str:

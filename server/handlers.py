@@ -17,7 +17,20 @@ from server import inference
 from server.config import ServerConfig
 from server.errors import ApiError
 from server.schemas import check_content_type, parse_predict_body
-from server.state import BATCH_SIZE, CONFIG, METRICS, MODEL, REJECT_REASON, REQUEST_ID, SERVICE, STATE, TEXT_COUNT
+from server.state import (
+    ANSWER,
+    BATCH_SIZE,
+    CONFIG,
+    METRICS,
+    MODEL,
+    PREDLOG,
+    REJECT_REASON,
+    REQUEST_ID,
+    SERVICE,
+    STATE,
+    TEXT_COUNT,
+    TEXTS,
+)
 
 access_log = logging.getLogger("server.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -105,7 +118,12 @@ async def _predict(request: web.Request, config: ServerConfig, service: inferenc
         body = await request.read()  # aiohttp enforces client_max_size while reading (chunked bodies)
         texts, single = parse_predict_body(body, config.max_texts_per_request, config.max_text_chars)
         request[TEXT_COUNT] = len(texts)
+        logged = PREDLOG in request.app
+        if logged:
+            request[TEXTS] = texts
         answer = await service.predict(texts, arrival, budget)
+        if logged:
+            request[ANSWER] = answer
     except inference.Overloaded as exc:
         raise _overloaded(exc) from None
     except b.QueueFull:
@@ -210,6 +228,9 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         reason = request.get(REJECT_REASON)
         if reason:
             m.rejected.labels(reason).inc()
+        predlog = request.app.get(PREDLOG)
+        if predlog is not None and endpoint == "predict":
+            predlog.record(request_id, status, elapsed, request.get(ANSWER), request.get(TEXTS))
         if endpoint != "metrics":  # scrapes every few seconds would drown the log
             access_log.info(
                 orjson.dumps(

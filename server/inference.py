@@ -18,11 +18,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from core.layout import thread_layout, uses_cuda
+from core.tokenization import EncodedTexts
 from server import admission
 from server.batcher import BatchResult, MicroBatcher, QueueFull
 from server.batching import BatchLimits
@@ -66,13 +68,21 @@ class Answer:
     probabilities: np.ndarray  # [texts, labels], input order
     batch_size: int  # the largest batch any of the texts ran in
     labels: tuple[str, ...]
+    tokens: tuple[int, ...] = ()  # per text: ids the model saw, [CLS] and [SEP] included
+    truncated: tuple[bool, ...] = ()  # per text: cut to the model's max_length
+
+    @cached_property
+    def top(self) -> tuple[list[int], list[list[float]]]:
+        """Each text's best label index, and its probabilities as floats, worked out once for
+        the metrics, the response and the prediction log. One argmax and one tolist for all
+        rows: numpy scalars one at a time cost more."""
+        return self.probabilities.argmax(axis=1).tolist(), self.probabilities.tolist()
 
     def predictions(self) -> list[dict[str, Any]]:
         labels = self.labels
-        # One argmax and one tolist for all rows: numpy scalars one at a time cost more.
         return [
             {"label": labels[best], "score": row[best], "probabilities": dict(zip(labels, row))}
-            for best, row in zip(self.probabilities.argmax(axis=1).tolist(), self.probabilities.tolist())
+            for best, row in zip(*self.top)
         ]
 
 
@@ -261,12 +271,15 @@ class InferenceService:
                 self.metrics.tokenize_duration.observe(loop.time() - started)
         finally:
             self._tokenizing = (self._tokenizing[0] - reserved[0], self._tokenizing[1] - reserved[1])
-        for text, seq in zip(texts, seqs):
-            self.token_estimate.observe(len(text), len(seq))
+        tokens = [len(seq) for seq in seqs]
+        for text, n in zip(texts, tokens):
+            self.token_estimate.observe(len(text), n)
         if not self.config.truncate:
-            for i, seq in enumerate(seqs):
-                if len(seq) > self.encoder.max_length:
-                    raise TextTooLong(i, len(seq), self.encoder.max_length)
+            for i, n in enumerate(tokens):
+                if n > self.encoder.max_length:
+                    raise TextTooLong(i, n, self.encoder.max_length)
+        # The model's encoder says which texts it cut; an encoder that says nothing cuts none.
+        truncated = tuple(seqs.truncated) if isinstance(seqs, EncodedTexts) else (False,) * len(seqs)
 
         deadline = arrival + self.config.request_timeout_ms / 1000.0
         shed_at = None
@@ -291,11 +304,20 @@ class InferenceService:
                 (done - arrival + self.loop_lag.value) * self.controller.budget_s / budget,
                 tighten=self.overloaded,
             )
-        if self.metrics and done - arrival <= (budget or SLA_S):
-            self.metrics.goodput.inc()
-        return Answer(
-            np.stack([r.probabilities for r in results]), max(r.batch_size for r in results), tuple(self.runner.labels)
+        answer = Answer(
+            np.stack([r.probabilities for r in results]),
+            max(r.batch_size for r in results),
+            tuple(self.runner.labels),
+            tuple(tokens),
+            truncated,
         )
+        if self.metrics:
+            if done - arrival <= (budget or SLA_S):
+                self.metrics.goodput.inc()
+            best, rows = answer.top
+            labels = answer.labels
+            self.metrics.observe_predictions([labels[i] for i in best], [r[i] for i, r in zip(best, rows)], tokens)
+        return answer
 
     def refresh_gauges(self) -> None:
         """Set the admission gauges to now: the cost model, the threshold in force and the

@@ -70,6 +70,10 @@ STAGE_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 BATCH_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# The top label's probability: at least 1/labels, so dense above 0.5 (two labels).
+SCORE_BUCKETS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 1.0)
+# Ids the model saw per text ([CLS] and [SEP] included): the shipped max_length is 256.
+INPUT_TOKEN_BUCKETS = (8, 16, 32, 64, 96, 128, 160, 192, 224, 255, 256, 384, 512, 1024)
 
 REJECT_REASONS = (
     "overloaded",
@@ -105,6 +109,13 @@ METRIC_NAMES = (
     "sentiment_batch_cost_seconds",
     "sentiment_admission_threshold_seconds",
     "sentiment_process_requests",
+    "sentiment_predictions_total",
+    "sentiment_prediction_score",
+    "sentiment_input_tokens",
+    "sentiment_reference_label_share",
+    "sentiment_prediction_log_rows_total",
+    "sentiment_prediction_log_dropped_total",
+    "sentiment_prediction_log_errors_total",
 )
 
 
@@ -200,6 +211,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        self._init_prediction_metrics()
         for term in ("per_token", "per_batch"):
             self.batch_cost.labels(term)
         for reason in REJECT_REASONS:  # exported at 0 from the start, so rate() works
@@ -213,6 +225,63 @@ class Metrics:
             optimization=str(info.get("optimization", "unknown")),
             target=str(info.get("target", "cpu")),
         ).set(1)
+
+    def _init_prediction_metrics(self) -> None:
+        """What the service predicts, and the prediction log's health (server/predlog.py)."""
+        r = self.registry
+        self.predictions = Counter(
+            "sentiment_predictions_total", "texts classified, by predicted label", ["label"], registry=r
+        )
+        self.prediction_score = Histogram(
+            "sentiment_prediction_score",
+            "the predicted label's probability (confidence)",
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.input_tokens = Histogram(
+            "sentiment_input_tokens",
+            "ids the model saw per text, [CLS] and [SEP] included (max_length when truncated)",
+            buckets=INPUT_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.reference_share = Gauge(
+            "sentiment_reference_label_share",
+            "each label's share of the training data, from export_report.json (NaN where it has none)",
+            ["label"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.log_rows = Counter("sentiment_prediction_log_rows_total", "rows written to the prediction log", registry=r)
+        self.log_dropped = Counter(
+            "sentiment_prediction_log_dropped_total",
+            "prediction log rows dropped unwritten because the writer's queue was full",
+            registry=r,
+        )
+        self.log_errors = Counter(
+            "sentiment_prediction_log_errors_total",
+            "prediction log writes that failed (their rows are lost; serving goes on)",
+            registry=r,
+        )
+        self._by_label: dict[str, Any] = {}
+
+    def set_labels(self, labels: tuple[str, ...], reference_share: dict[str, float] | None) -> None:
+        """The model's labels, exported at 0 from the start (so rate() works), and the reference
+        label share of the training data."""
+        self._by_label = {label: self.predictions.labels(label) for label in labels}
+        for label in labels:
+            share = reference_share.get(label) if reference_share else None
+            self.reference_share.labels(label).set(float("nan") if share is None else share)
+
+    def observe_predictions(self, labels: list[str], scores: list[float], tokens: list[int]) -> None:
+        """One answer's texts: predicted label, its probability, ids seen (the request path: cheap)."""
+        by_label = self._by_label
+        for label, score, n in zip(labels, scores, tokens):
+            child = by_label.get(label)
+            if child is None:
+                child = by_label[label] = self.predictions.labels(label)
+            child.inc()
+            self.prediction_score.observe(score)
+            self.input_tokens.observe(n)
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess_dir:

@@ -111,6 +111,8 @@ class OnnxRunner:
             "inter_op_threads": inter_op_threads,
             "shape_bucket": self.shape_bucket,
             "parity": model.parity_summary(),
+            # The training data's label share (export_report.json's reference): the drift gauge's.
+            "label_share": model.label_share(),
         }
 
     def predict(self, seqs: list[np.ndarray]) -> np.ndarray:

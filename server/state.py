@@ -12,9 +12,10 @@ from aiohttp import web
 
 from server.batcher import MicroBatcher
 from server.config import ServerConfig
-from server.inference import InferenceService
+from server.inference import Answer, InferenceService
 from server.metrics import Metrics
 from server.model import ServedModel
+from server.predlog import PredictionLog
 
 if TYPE_CHECKING:  # server.auth renders its refusals with server.errors, which reads this module
     from server.auth import ApiKeys
@@ -42,9 +43,13 @@ MODEL = web.AppKey("model", ServedModel)  # the encoder and the runner
 BATCHER = web.AppKey("batcher", MicroBatcher)  # the service's, for tests and introspection
 SERVICE = web.AppKey("service", InferenceService)
 API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")  # only with --api-key-file
+PREDLOG = web.AppKey("predlog", PredictionLog)  # only with --prediction-log
 
 # Per-request facts the access log and metrics middleware read after the handler ran.
 REQUEST_ID = web.RequestKey("request_id", str)
 TEXT_COUNT = web.RequestKey("text_count", int)
 BATCH_SIZE = web.RequestKey("batch_size", int)
 REJECT_REASON = web.RequestKey("reject_reason", str)
+# What the prediction log records of a prediction request (set only while the log is on).
+ANSWER = web.RequestKey("answer", Answer)
+TEXTS = web.RequestKey("texts", list)

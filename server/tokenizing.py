@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from core.tokenization import EncodedTexts
 from server.looppost import LoopPoster
 
 log = logging.getLogger("server.tokenizing")
@@ -82,8 +83,10 @@ class TokenizerStage:
         split: list[list[np.ndarray] | BaseException] = []
         start = 0
         for texts in requests:
-            split.append(seqs[start : start + len(texts)])
-            start += len(texts)
+            stop = start + len(texts)
+            # The model encoder's answer carries truncation flags; a plain slice would drop them.
+            split.append(seqs.part(start, stop) if isinstance(seqs, EncodedTexts) else seqs[start:stop])
+            start = stop
         return split
 
     def _deliver(

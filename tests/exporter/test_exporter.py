@@ -356,3 +356,33 @@ def test_benchmark_cli_rejects_unknown_names(capsys):
     assert "gpt5" in capsys.readouterr().err
     assert bench_main(["--models", "checkpoint"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_report_carries_the_input_reference(tmp_path, tiny_checkpoint, eval_dir, reviews):
+    """The evaluation reviews' served token counts and the training split's label share: what the
+    monitor and the drift gauge compare traffic with (core/reference.py)."""
+    from core.reference import TOKEN_EDGES, read_reference, token_counts
+
+    out = tmp_path / "model"
+    assert _export(tiny_checkpoint, out, eval_dir) == 0
+    report = json.loads((out / "export_report.json").read_text())
+    ref = read_reference(report)
+    assert ref is not None and ref.edges == TOKEN_EDGES
+    assert ref.samples == report["parity"]["samples"] == sum(ref.counts)
+    assert ref.source == report["parity"]["source"]
+    # 40 labelled rows, 4 held out for validation, stratified: the other 36 are half positive.
+    assert ref.label_share == {"negative": 0.5, "positive": 0.5} and "train split (36 reviews)" in ref.label_source
+    # Counted as the server counts tokens: its own encoder, after truncation.
+    encoder = TextEncoder.from_file(
+        out / "tokenizer.json", TruncationConfig.from_dict(read_serving_config(out)["truncation"])
+    )
+    every = token_counts(len(ids) for ids in encoder.encode_batch(pd.read_parquet(eval_dir / "train.parquet")["text"]))
+    assert all(every[i] >= n for i, n in enumerate(ref.counts))
+
+
+def test_random_text_is_no_reference(tiny_checkpoint):
+    from exporter.parity import EvalSet
+    from exporter.report import input_reference
+
+    encoder = TextEncoder.from_file(tiny_checkpoint / "tokenizer.json", TruncationConfig(64))
+    assert input_reference(encoder, EvalSet(["some random words"], None, "random text"), {0: "negative"}) is None

@@ -145,6 +145,39 @@ def test_dashboard_and_alerts_show_overload_control():
     assert "overloaded" in {r["alert"]: r for r in alert_rules()}["SentimentOverloaded"]["expr"]
 
 
+def test_dashboard_shows_what_the_model_is_asked_and_answers():
+    by_title = {p["title"].lower(): p for p in dashboard()["panels"]}
+
+    def exprs(start: str) -> str:
+        panel = next(p for t, p in by_title.items() if t.startswith(start))
+        return " ".join(t["expr"] for t in panel["targets"])
+
+    share = exprs("label share")
+    assert "sum by (label) (rate(sentiment_predictions_total" in share and "sentiment_reference_label_share" in share
+    assert "sentiment_prediction_score_bucket" in exprs("confidence")
+    assert "sentiment_input_tokens_bucket" in exprs("input length")
+    log = exprs("prediction log")
+    for name in ("rows", "dropped", "errors"):
+        assert f"sentiment_prediction_log_{name}_total" in log, name
+
+
+def test_label_share_drift_alert_uses_the_monitors_margin_and_the_models_reference():
+    from server.monitor import SHARE_MARGIN, MonitorConfig
+
+    rule = {r["alert"]: r for r in alert_rules()}["SentimentLabelShareDrift"]
+    expr = " ".join(rule["expr"].split())
+    assert expr.startswith('abs( sum(rate(sentiment_predictions_total{label="positive"}[1h]))')
+    assert '- max(sentiment_reference_label_share{label="positive"}) )' in expr
+    assert (
+        f") > {SHARE_MARGIN} and" in expr and MonitorConfig.__dataclass_fields__["share_margin"].default == SHARE_MARGIN
+    )
+    assert rule["for"] == "30m" and rule["labels"]["severity"] == "ticket"
+    assert (
+        "sentiment_prediction_log_dropped_total"
+        in {r["alert"]: r for r in alert_rules()}["SentimentPredictionLogLosingRows"]["expr"]
+    )
+
+
 def scrape(url: str) -> list[tuple[str, dict[str, str]]]:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()

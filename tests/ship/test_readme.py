@@ -47,7 +47,7 @@ def first_code(cell: str) -> str | None:
 
 def stated_value(cell: str, default: object) -> object:
     """The value a README cell states, parsed to the type of the code's `default`: a bool is
-    written `on`/`off`, every other value is the cell's first `code` span (`2 MiB` allowed)."""
+    written `on`/`off`, None `none`, every other value is the cell's first `code` span (`2 MiB` allowed)."""
     if default is None:  # an optional setting, off unless given
         assert cell.split()[0] == "none", f"a default of None is written none, got {cell!r}"
         return None
