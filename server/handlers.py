@@ -210,7 +210,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         reason = request.get(REJECT_REASON)
         if reason:
             m.rejected.labels(reason).inc()
-        if endpoint != "metrics":  # scrapes every few seconds would drown the log
+        if endpoint not in ("metrics", "stats"):  # scrapes and playground polls would drown the log
             access_log.info(
                 orjson.dumps(
                     {
