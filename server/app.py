@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from server import handlers
+from server import apidocs, handlers, playground
 from server.auth import ApiKeys, auth_middleware
 from server.config import ServerConfig
 from server.cors import setup_cors
@@ -22,6 +22,7 @@ from server.openapi import openapi_handler
 from server.predlog import PredictionLog
 from server.runner import Runner
 from server.state import API_KEYS, BATCHER, CONFIG, METRICS, MODEL, PREDLOG, SERVICE, STATE, ServerState
+from server.stats import stats_handler
 
 log = logging.getLogger("server.app")
 
@@ -52,6 +53,9 @@ def create_app(
     app.router.add_get("/readyz", handlers.readyz, name="readyz")
     app.router.add_get("/metrics", handlers.metrics, name="metrics")
     app.router.add_get("/openapi.json", openapi_handler, name="openapi")
+    app.router.add_get("/v1/stats", stats_handler, name="stats")
+    playground.add_routes(app)  # GET / and /static/{name}
+    apidocs.add_routes(app)  # GET /docs and /docs/static/{name}
     if config.cors_allow_origin:
         setup_cors(app, config.cors_allow_origin)  # after every route
     return app

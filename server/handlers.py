@@ -231,7 +231,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         predlog = request.app.get(PREDLOG)
         if predlog is not None and endpoint == "predict":
             predlog.record(request_id, status, elapsed, request.get(ANSWER), request.get(TEXTS))
-        if endpoint != "metrics":  # scrapes every few seconds would drown the log
+        if endpoint not in ("metrics", "stats"):  # scrapes and playground polls would drown the log
             access_log.info(
                 orjson.dumps(
                     {

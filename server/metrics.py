@@ -284,10 +284,15 @@ class Metrics:
             self.input_tokens.observe(n)
 
     def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.exposed()), CONTENT_TYPE_LATEST
+
+    def exposed(self) -> CollectorRegistry:
+        """The registry /metrics renders and GET /v1/stats reads: this process's, or with
+        `multiprocess_dir` one that collects every server process's values."""
         if self.multiprocess_dir:
             # A fresh registry holding only the collector, as the library asks: the metrics
             # registered above would otherwise appear twice.
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]  # untyped upstream
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            return registry
+        return self.registry

@@ -1,11 +1,19 @@
-"""OpenAPI 3 description of the HTTP interface (a test keeps it equal to the router's routes)."""
+"""OpenAPI 3 description of the HTTP interface (a test keeps it equal to the router's routes).
+
+SPEC is the fixed part; build_spec() adds the running server's limits (texts per request,
+characters per text, body size), so GET /openapi.json and GET /docs state what this server refuses.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from server.config import ServerConfig
+from server.state import CONFIG
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -17,6 +25,16 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _error(description: str) -> dict[str, Any]:
     return _json(_ERROR, description)
 
+
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_ASSET = {
+    "description": "the file (text/html, text/css, text/javascript or image/png)",
+    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+}
 
 _COMMON_HEADERS = {
     "X-Request-ID": {
@@ -139,20 +157,69 @@ SPEC: dict[str, Any] = {
                 "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")},
             }
         },
+        "/v1/stats": {
+            "get": {
+                "operationId": "stats",
+                "summary": "Live figures of the prediction requests, from the registry GET /metrics renders",
+                "description": "Counters are totals since start (every process's under --processes N): a "
+                "client computes rates, and a recent p95 from the bucket counts, between two polls.",
+                "responses": {"200": _json({"$ref": "#/components/schemas/Stats"}, "live figures")},
+            }
+        },
+        "/": {
+            "get": {
+                "operationId": "playground",
+                "summary": "The playground: a web page to try predictions, see the model and live figures",
+                "responses": {"200": _html("the playground page")},
+            }
+        },
+        "/static/{name}": {
+            "get": {
+                "operationId": "static",
+                "summary": "The playground's and the API docs' own scripts and styles",
+                "parameters": [_NAME],
+                "responses": {"200": _ASSET, "404": _error("not_found (not one of the shipped files)")},
+            }
+        },
+        "/docs": {
+            "get": {
+                "operationId": "docs",
+                "summary": "These API docs: Swagger UI over /openapi.json",
+                "responses": {"200": _html("the Swagger UI page")},
+            }
+        },
+        "/docs/static/{name}": {
+            "get": {
+                "operationId": "docs_static",
+                "summary": "Swagger UI's files (from the swagger-ui-bundle package)",
+                "parameters": [_NAME],
+                "responses": {"200": _ASSET, "404": _error("not_found (not one of the served files)")},
+            }
+        },
     },
     "components": {
         "schemas": {
+            # maxLength and maxItems are the running server's (build_spec).
+            "Text": {
+                "type": "string",
+                "minLength": 1,
+                # As server/schemas.py refuses a text that str.strip() leaves empty: 422 empty_text.
+                "pattern": r"\S",
+                "example": "A wonderful, moving film.",
+            },
             "SingleRequest": {
                 "type": "object",
                 "required": ["text"],
                 "additionalProperties": False,
-                "properties": {"text": {"type": "string", "minLength": 1}},
+                "properties": {"text": {"$ref": "#/components/schemas/Text"}},
             },
             "BatchRequest": {
                 "type": "object",
                 "required": ["texts"],
                 "additionalProperties": False,
-                "properties": {"texts": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}},
+                "properties": {
+                    "texts": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Text"}}
+                },
             },
             "Prediction": {
                 "type": "object",
@@ -192,6 +259,59 @@ SPEC: dict[str, Any] = {
                 },
             },
             "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+            "Stats": {
+                "type": "object",
+                "description": "since start, from the Prometheus registry: the prediction requests "
+                "(POST /v1/predict) and their latency, the inference batches, and refusals (of any route)",
+                "properties": {
+                    "requests": {
+                        "type": "object",
+                        "description": "total, and by HTTP status code",
+                        "properties": {
+                            "total": {"type": "integer"},
+                            "by_code": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        },
+                    },
+                    "latency_seconds": {
+                        "type": "object",
+                        "description": "sentiment_request_duration_seconds of predict requests: count, sum, "
+                        "p50 and p95 since start (as histogram_quantile estimates them; null before the first), "
+                        "and the cumulative bucket counts by upper bound (+Inf is `count`)",
+                        "properties": {
+                            "count": {"type": "integer"},
+                            "sum": {"type": "number"},
+                            "p50": {"type": "number", "nullable": True},
+                            "p95": {"type": "number", "nullable": True},
+                            "buckets": {
+                                "type": "object",
+                                "properties": {
+                                    "le": {"type": "array", "items": {"type": "number"}},
+                                    "cumulative": {"type": "array", "items": {"type": "integer"}},
+                                },
+                            },
+                        },
+                    },
+                    "batches": {
+                        "type": "object",
+                        "description": "inference batches run, the texts in them, and their mean size",
+                        "properties": {
+                            "count": {"type": "integer"},
+                            "texts": {"type": "integer"},
+                            "mean_size": {"type": "number", "nullable": True},
+                        },
+                    },
+                    "rejected": {
+                        "type": "object",
+                        "description": "sentiment_rejected_total: requests refused (any route), total and by reason",
+                        "properties": {
+                            "total": {"type": "integer"},
+                            "by_reason": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        },
+                    },
+                    "inflight": {"type": "integer", "description": "prediction requests being handled now"},
+                    "queue_depth": {"type": "integer", "description": "texts waiting for a batch now"},
+                },
+            },
             "Error": {
                 "type": "object",
                 "required": ["error"],
@@ -207,8 +327,38 @@ SPEC: dict[str, Any] = {
     },
 }
 
-_BODY = orjson.dumps(SPEC)
+
+def build_spec(config: ServerConfig) -> dict[str, Any]:
+    """SPEC with `config`'s limits: what this server refuses, in the schema and in words."""
+    spec = copy.deepcopy(SPEC)
+    schemas = spec["components"]["schemas"]
+    longer = "truncated" if config.truncate else "refused with 422 text_too_long (--no-truncate)"
+    schemas["Text"]["maxLength"] = config.max_text_chars
+    schemas["Text"]["description"] = (
+        f"a review: at most {config.max_text_chars} characters (--max-text-chars; 422 text_too_long beyond), "
+        "not empty or only whitespace (422 empty_text). Texts longer than the model's max_length in word "
+        f"pieces are {longer}."
+    )
+    texts = schemas["BatchRequest"]["properties"]["texts"]
+    texts["maxItems"] = config.max_texts_per_request
+    texts["description"] = (
+        f"1 to {config.max_texts_per_request} texts (--max-texts-per-request; 422 too_many_texts beyond), "
+        "answered in input order"
+    )
+    predict = spec["paths"]["/v1/predict"]["post"]
+    predict["requestBody"]["description"] = (
+        f"at most {config.max_body_bytes} bytes (--max-body-bytes; 413 body_too_large beyond)"
+    )
+    if config.api_key_file is not None:  # server/auth.py guards predictions: Swagger UI's Authorize sends the key
+        spec["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+        predict["security"] = [{"apiKey": []}]
+        predict["responses"]["401"] = {
+            **_error("unauthorized (no valid 'Authorization: Bearer <key>')"),
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        }
+    return spec
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
-    return web.Response(body=_BODY, content_type="application/json")
+    # Built per request (a fraction of a millisecond): the document is fetched rarely.
+    return web.Response(body=orjson.dumps(build_spec(request.app[CONFIG])), content_type="application/json")

@@ -11,8 +11,8 @@ import pytest
 from core.layout import physical_cores
 from server.app import begin_drain, wait_drained
 from server.metrics import METRIC_NAMES
-from server.openapi import SPEC
-from server.state import BATCHER, STATE
+from server.openapi import build_spec
+from server.state import BATCHER, CONFIG, STATE
 
 
 async def error_of(resp) -> tuple[int, str]:
@@ -231,7 +231,7 @@ async def test_two_workers_serve_two_requests_at_once(serve_fake, fake_runner):
 async def test_openapi_matches_routes(serve_fake):
     client = await serve_fake()
     served = await (await client.get("/openapi.json")).json()
-    assert served == orjson.loads(orjson.dumps(SPEC)) and served["openapi"].startswith("3.")
+    assert served == orjson.loads(orjson.dumps(build_spec(client.app[CONFIG]))) and served["openapi"].startswith("3.")
     documented = {(path, method.upper()) for path, ops in served["paths"].items() for method in ops}
     routed = {(r.resource.canonical, r.method) for r in client.app.router.routes() if r.method != "HEAD"}
     assert documented == routed
