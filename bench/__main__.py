@@ -14,7 +14,7 @@
 3. the same server with --max-batch-size 1 (batching off);
 4. bench.torch_baseline: PyTorch eager, one request at a time;
 5. FastAPI + uvicorn, a worker process per core, no batching;
-then the overhead row: a tiny random model, closed loop, one process vs --processes 0 vs
+then the overhead row: a tiny random model, closed loop, one process vs a process per core vs
 FastAPI + uvicorn (bench/overhead.py).
 Each request carries one review, so requests/s = texts/s. Servers run as subprocesses on
 free 127.0.0.1 ports; the load generator runs in this process (bench/httpclient.py: a

@@ -11,8 +11,8 @@
 4. bench.torch_baseline: PyTorch eager, one request at a time;
 5. FastAPI + uvicorn, a worker process per core, no batching (bench/fastapi_baseline.py).
 Each is searched the same way (bench/search.py). Then the overhead row (bench/overhead.py): the
-same texts' one review through a tiny random model, closed loop, one process vs --processes 0
-vs FastAPI + uvicorn. Writes <output-dir>/BENCHMARKS.md and
+same texts' one review through a tiny random model, closed loop, one process vs a process per
+core vs FastAPI + uvicorn. Writes <output-dir>/BENCHMARKS.md and
 benchmarks.json (bench/capacity_report.py).
 """
 

@@ -265,8 +265,11 @@ def overhead_lines(o: dict) -> list[str]:
     ratios = o["ratios"]
     lines += [
         "",
-        f"automatic / one process: {fmt(ratios.get('automatic/one'), '.2f', 'x')}; "
-        f"automatic / FastAPI + uvicorn: {fmt(ratios.get('automatic/fastapi'), '.2f', 'x')} (req/s).",
+        f"`--processes 0` (automatic) is {o.get('automatic', 'automatic')} here. Req/s ratios: automatic / one "
+        f"process {fmt(ratios.get('automatic/one'), '.2f', 'x')}, a process per core / one process "
+        f"{fmt(ratios.get('per_core/one'), '.2f', 'x')}, automatic / FastAPI + uvicorn "
+        f"{fmt(ratios.get('automatic/fastapi'), '.2f', 'x')}, a process per core / FastAPI + uvicorn "
+        f"{fmt(ratios.get('per_core/fastapi'), '.2f', 'x')}.",
     ]
     return lines
 

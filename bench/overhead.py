@@ -5,8 +5,10 @@ hidden size 32, int8, 256 tokens head+tail), in a closed loop of `--overhead-con
 connections for `--overhead-s` seconds, against
 
 - one process: `python -m server --processes 1`;
-- automatic: `python -m server --processes 0` (core.layout.auto_processes);
+- a process per core: `python -m server --processes <physical cores>`;
 - FastAPI + uvicorn, a worker process per core, no batching (bench/fastapi_baseline.py).
+The automatic setting (`--processes 0`, core.layout.auto_processes) is whichever of the first two
+it resolves to on this machine (one process on a CPU), or a row of its own where it is neither.
 
 Per configuration: answered requests per second, p95, and the server's CPU time per answered
 request (the whole process tree, bench.procs.tree_cpu_seconds, over the measured window). With
@@ -47,7 +49,7 @@ TARGET_WORDS = 174  # the review sent: the workload's text closest to this many 
 WARMUP_S = 2.0
 GENERATORS = ("auto", "hey", "python")
 MODEL_DIR_NAME = "overhead-model"
-ONE, AUTO, FASTAPI = "one process", "automatic", "FastAPI + uvicorn"
+ONE, PER_CORE, AUTO, FASTAPI = "one process", "a process per core", "automatic", "FastAPI + uvicorn"
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,12 @@ def run_overhead(config: BenchConfig, texts: list[str], generator: str = "auto")
     cores = physical_cores()
     gpu = model_on_gpu(model_dir)
     targets: list[tuple[str, list[str], str]] = []
-    for name, processes in ((ONE, 1), (AUTO, 0)):
+    counts = [(ONE, 1)] + ([(PER_CORE, cores)] if cores > 1 else [])
+    auto = process_layout(0, gpu=gpu).processes
+    automatic = next((name for name, n in counts if n == auto), AUTO)  # the row --processes 0 is
+    if automatic == AUTO:
+        counts.append((AUTO, 0))
+    for name, processes in counts:
         layout = process_layout(processes, gpu=gpu)
         shape = " x ".join(
             _count(n, what)
@@ -141,7 +148,13 @@ def run_overhead(config: BenchConfig, texts: list[str], generator: str = "auto")
             "quantization": model.serving.get("quantization"),
         },
         "rows": rows,
-        "ratios": {"automatic/one": _ratio(rows, AUTO, ONE), "automatic/fastapi": _ratio(rows, AUTO, FASTAPI)},
+        "automatic": automatic,
+        "ratios": {
+            "automatic/one": _ratio(rows, automatic, ONE),
+            "per_core/one": _ratio(rows, PER_CORE, ONE),
+            "automatic/fastapi": _ratio(rows, automatic, FASTAPI),
+            "per_core/fastapi": _ratio(rows, PER_CORE, FASTAPI),
+        },
     }
 
 

@@ -80,14 +80,19 @@ class ProcessLayout:
 
 
 def auto_processes(gpu: bool, cores: int) -> int:
-    """--processes 0. On a GPU inference is cheap and the server's own Python work per request
-    (HTTP, JSON, the event loop, the tokenizer hand-off) is the limit, and it scales with
-    processes: one per physical core, at most GPU_MAX_PROCESSES. On a CPU the inference
-    workers already take every core, and one process per core splits them the same way with
-    one event loop each (see docs/RESULTS.md for the measured choice)."""
+    """--processes 0, as measured best per device (docs/RESULTS.md, "Server processes").
+
+    On a GPU inference is cheap and the server's own Python work per request (HTTP, JSON, the
+    event loop, the tokenizer hand-off) is the limit, and it scales with processes: one per
+    physical core, at most GPU_MAX_PROCESSES. On a CPU, one process: its inference workers
+    already take every core, and they share one queue, where a process per core gives each
+    worker a queue of its own that the kernel fills connection by connection. With the int8
+    MiniLM on 2 cores the shared queue held p95 ~105 ms at 120 req/s where two processes went
+    past 180 ms with refusals; only a model of well under a millisecond per text gained from
+    two (5%), and such a deployment can ask for `--processes N`."""
     if gpu:
         return max(1, min(cores, GPU_MAX_PROCESSES))
-    return max(1, cores)
+    return 1
 
 
 def process_layout(

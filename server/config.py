@@ -108,7 +108,7 @@ class ServerConfig:
         default=1,
         metadata=opt(
             "server processes sharing the port, each with its own event loop, batcher and inference workers, "
-            "under a parent that restarts them (0: one per physical core, at most 8 on a GPU)"
+            "under a parent that restarts them (0: automatic, 1 on a CPU, one per physical core and at most 8 on a GPU)"
         ),
     )
     reuse_port: bool = field(

@@ -1,5 +1,5 @@
 """The overhead row (bench/overhead.py): the tiny 256-token model exported by bench/tinymodel.py,
-served as one process, --processes 0 and FastAPI + uvicorn, driven in a closed loop by the
+served as one process, a process per core and FastAPI + uvicorn, driven in a closed loop by the
 bench's Python client and by hey. A smoke run: these numbers mean nothing."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 from bench.capacity_report import overhead_lines
 from bench.config import BenchConfig
 from bench.fastapi_baseline import MODEL_DIR_ENV
-from bench.overhead import AUTO, FASTAPI, ONE, parse_hey, pick_review, run_overhead
+from bench.overhead import FASTAPI, ONE, PER_CORE, parse_hey, pick_review, run_overhead
+from core.layout import physical_cores
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -49,19 +50,24 @@ def check(result: dict, generator: str) -> None:
     assert (model["layers"], model["hidden_size"], model["quantization"]) == (2, 32, "int8")
     assert (model["max_length"], model["truncation"]) == (256, "head+tail")
     rows = result["rows"]
-    for name in (ONE, AUTO):
+    served = (ONE, PER_CORE) if physical_cores() > 1 else (ONE,)
+    for name in served:
         row = rows[name]
         assert row["rps"] > 0 and row["cpu_ms_per_request"] > 0 and row["errors"] == 0, row
         assert row["answered"] > 0 and row["p95_ms"] > 0
-    assert "--processes 1" in rows[ONE]["command"] and "--processes 0" in rows[AUTO]["command"]
-    assert result["ratios"]["automatic/one"] == pytest.approx(rows[AUTO]["rps"] / rows[ONE]["rps"])
+    assert "--processes 1" in rows[ONE]["command"]
+    assert result["automatic"] == ONE  # --processes 0 on a CPU: one process, so no row of its own
+    assert result["ratios"]["automatic/one"] == pytest.approx(1.0)
+    if PER_CORE in rows:
+        assert f"--processes {physical_cores()}" in rows[PER_CORE]["command"]
+        assert result["ratios"]["per_core/one"] == pytest.approx(rows[PER_CORE]["rps"] / rows[ONE]["rps"])
     if FASTAPI in rows:
         assert rows[FASTAPI]["rps"] > 0 and rows[FASTAPI]["errors"] == 0
-        assert result["ratios"]["automatic/fastapi"] == pytest.approx(rows[AUTO]["rps"] / rows[FASTAPI]["rps"])
+        assert result["ratios"]["automatic/fastapi"] == pytest.approx(rows[ONE]["rps"] / rows[FASTAPI]["rps"])
     section = "\n".join(overhead_lines(result))
     assert "## Overhead: a tiny random model (2 layers, hidden 32, int8), one 170-word review" in section
     assert "| configuration | req/s | p95 ms | server CPU per request ms | errors |" in section
-    assert f"| {ONE} (1 process x " in section and "automatic / one process: " in section
+    assert f"| {ONE} (1 process x " in section and "`--processes 0` (automatic) is one process here" in section
 
 
 @pytest.mark.slow

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
     [
         (1, 0, 0, False, 2, ProcessLayout(1, 2, 1)),  # today's default: one process, a worker per core
         (2, 0, 0, False, 2, ProcessLayout(2, 1, 1)),
-        (0, 0, 0, False, 2, ProcessLayout(2, 1, 1)),  # automatic on a CPU: a process per core
+        (0, 0, 0, False, 2, ProcessLayout(1, 2, 1)),  # automatic on a CPU: one process, a worker per core
+        (0, 0, 0, False, 16, ProcessLayout(1, 16, 1)),
         (0, 0, 0, False, 1, ProcessLayout(1, 1, 1)),  # a 1-CPU container limit
         (2, 0, 0, False, 8, ProcessLayout(2, 4, 1)),  # the cores split among processes, then workers
         (2, 2, 0, False, 8, ProcessLayout(2, 2, 2)),
@@ -46,7 +47,9 @@ def test_process_layout(processes, workers, threads, gpu, cores, expected):
 
 
 def test_auto_processes_follows_the_device_and_the_cpu_limit():
-    assert auto_processes(gpu=False, cores=2) == 2
+    assert auto_processes(gpu=False, cores=2) == 1
+    assert auto_processes(gpu=False, cores=64) == 1
+    assert auto_processes(gpu=True, cores=2) == 2
     assert auto_processes(gpu=False, cores=1) == 1
     assert auto_processes(gpu=True, cores=64) == GPU_MAX_PROCESSES
 
