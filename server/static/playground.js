@@ -203,7 +203,7 @@
   }
 
   function accuracyText(parity) {
-    if (!parity || parity.onnx_accuracy === undefined) {
+    if (!parity || parity.onnx_accuracy == null) {  // absent, or null: parity ran on random text
       return "n/a";
     }
     var drop = typeof parity.accuracy_drop_points === "number" ? parity.accuracy_drop_points.toFixed(2) : "n/a";
