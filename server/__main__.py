@@ -100,6 +100,8 @@ async def serve(config: ServerConfig, app: web.Application) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Until serve() takes it over, a key re-read (SIGHUP) must not end a server still starting.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = parse_config(argv)
     setup_logging(config.log_level)
     try:  # here, before the model loads or children start: one line, not N crashing children
@@ -120,10 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if layout.processes > 1:
             return Supervisor(config, layout, argv).run()
         config = dataclasses.replace(config, inference_workers=layout.workers, intra_op_threads=layout.threads)
-    # Until serve() takes the signals over: a key re-read asked for while the model loads is not
-    # needed (the keys are read at start-up), and SIGTERM then stops a server that has accepted
-    # nothing yet: exit 0, which the supervisor of --processes counts as a clean stop.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Until serve() takes the signal over, SIGTERM stops a server that has accepted nothing yet:
+    # exit 0, which the supervisor of --processes counts as a clean stop.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     try:
         model = load_model(config)

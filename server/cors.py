@@ -13,7 +13,7 @@ from aiohttp import web
 # What a browser page may send and read: the API key, our request id and the latency budget
 # it may ask for; the answer's id, model and Retry-After headers.
 ALLOW_HEADERS = ("Content-Type", "Authorization", "X-Request-ID", "X-Latency-Budget-Ms")
-EXPOSE_HEADERS = ("X-Request-ID", "X-Model-Name", "X-Model-Version", "Retry-After")
+EXPOSE_HEADERS = ("X-Request-ID", "X-Model-Name", "X-Model-Version", "Retry-After", "WWW-Authenticate")
 MAX_AGE_S = 600
 
 

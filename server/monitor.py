@@ -97,7 +97,7 @@ def read_window(db: Path, hours: float) -> LogWindow:
     if not db.is_file():
         raise MonitorError(f"--db {db}: no such file")
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        conn = sqlite3.connect(Path(db).resolve().as_uri() + "?mode=ro", uri=True, timeout=10)
     except sqlite3.Error as exc:
         raise MonitorError(f"--db {db}: cannot open ({exc})") from None
     try:

@@ -346,6 +346,17 @@ def build_spec(config: ServerConfig) -> dict[str, Any]:
         "answered in input order"
     )
     predict = spec["paths"]["/v1/predict"]["post"]
+    budget = (
+        f"With this server's latency budget of {config.latency_budget_ms:g} ms (--latency-budget-ms), a request"
+        if config.latency_budget_ms
+        else "The latency budget is off here (--latency-budget-ms 0); with one, a request"
+    )
+    predict["description"] = (
+        f"A request is admitted or refused whole. {budget} predicted to finish after it is refused at once "
+        "with 503 overloaded and a Retry-After of the queue's drain time, and queued texts that can no longer "
+        f"meet it are dropped unrun (503 overloaded). Texts still queued {config.request_timeout_ms:g} ms "
+        "after the request arrived (--request-timeout-ms) get 504 deadline_exceeded."
+    )
     predict["requestBody"]["description"] = (
         f"at most {config.max_body_bytes} bytes (--max-body-bytes; 413 body_too_large beyond)"
     )

@@ -245,19 +245,19 @@ class PredictionLog:
         entries = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
         if not entries:
             return 0
-        batch = [row for entry in entries for row in rows(entry, self.model_name, self.model_version)]
         try:
+            batch = [row for entry in entries for row in rows(entry, self.model_name, self.model_version)]
             with self._conn:
                 self._conn.executemany(INSERT, batch)
                 self._conn.execute(PRUNE, (self.max_rows,))
-        except sqlite3.Error as exc:
+        except Exception as exc:  # any error: the writer thread must outlive it, serving goes on
             self.metrics.log_errors.inc()
-            self._log_failure(exc, len(batch))
+            self._log_failure(exc, len(entries))
             return 0
         self.metrics.log_rows.inc(len(batch))
         return len(batch)
 
-    def _log_failure(self, exc: sqlite3.Error, lost: int) -> None:
+    def _log_failure(self, exc: Exception, lost: int) -> None:
         self._failed_since_logged += 1
         now = time.monotonic()
         if now - self._logged_at < ERROR_LOG_EVERY_S:

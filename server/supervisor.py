@@ -70,6 +70,9 @@ def die_with_parent() -> None:
     """In the child, before exec: SIGTERM it (it drains and exits) when the parent dies, even
     by SIGKILL, which the parent cannot pass on; without it the children would be left serving,
     orphaned. Linux's prctl(PR_SET_PDEATHSIG); elsewhere nothing."""
+    # Ignored from exec on (a handled signal would be reset to its default, exit): a key re-read
+    # passed on while the child still imports and loads would kill it. serve() takes it over.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return
     import ctypes

@@ -169,3 +169,41 @@ async def test_no_cors_headers_by_default(serve_tiny):
 def test_a_bad_origin_is_refused_by_the_settings(origin):
     with pytest.raises(ValueError, match="--cors-allow-origin"):
         ServerConfig(cors_allow_origin=[origin])
+
+
+async def test_sighup_while_the_processes_start_kills_none_of_them(tmp_path, tiny_model_dir, key_file):
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--model-dir", str(tiny_model_dir), "--port", str(port)]
+            + ["--api-key-file", str(key_file), "--intra-op-threads", "1", "--processes", "2"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        # Once the parent supervises, while its children import and load (a handled signal would
+        # be reset to its default, exit, by exec).
+        for _ in range(300):
+            if "server process 1 started" in log_path.read_text():
+                break
+            await asyncio.sleep(0.02)
+        for _ in range(8):
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    text = log_path.read_text()
+    assert code == 0, text[-2000:]
+    assert "starting it again" not in text and "killed by" not in text, text[-2000:]

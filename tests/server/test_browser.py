@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(
     "apt-get install -y chromium chromium-driver (make install tries)",
 )
 
+pytest.importorskip("selenium", reason="selenium is in the dev extra (make install)")
 from selenium import webdriver  # noqa: E402  # after the skip: the reason is the browser, not the package
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402

@@ -273,3 +273,23 @@ async def test_two_server_processes_write_one_log(tiny_model_dir, tmp_path):
     assert len(rows) == sent
     assert len({request_id[:16] for (request_id,) in rows}) == 2, "both processes wrote rows"
     assert query(db, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_preflights_and_callers_without_a_key_write_no_rows(serve, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("the-key\n")
+    client, db = await serve(api_key_file=keys, cors_allow_origin=["https://app.example.com"])
+    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+    assert (await client.options("/v1/predict", headers=preflight)).status == 200
+    assert (await client.options("/v1/predict", headers={**preflight, "Origin": "https://x.example"})).status == 403
+    assert (await client.post("/v1/predict", json={"text": "no key"})).status == 401
+    resp = await client.post("/v1/predict", json={"text": "a fine film"}, headers={"Authorization": "Bearer the-key"})
+    assert resp.status == 200
+    assert await wait_rows(db, 1) == 1
+    await asyncio.sleep(0.6)  # two more flushes: nothing else arrives
+    assert query(db, "SELECT status, label IS NOT NULL FROM predictions") == [(200, 1)]
+    samples = await scrape(client)
+    requests = {labels: v for (name, labels), v in samples.items() if name == "sentiment_requests_total"}
+    assert requests[(("code", "200"), ("endpoint", "predict"))] == 1  # the preflights are counted apart
+    assert requests[(("code", "200"), ("endpoint", "preflight"))] == 1
+    assert requests[(("code", "403"), ("endpoint", "preflight"))] == 1
