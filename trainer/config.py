@@ -60,7 +60,7 @@ class TrainConfig:
     # runtime
     seed: int = 42
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 on CUDA where supported, else fp16; fp32 on CPU
+    precision: str = "auto"  # auto: bf16 on CUDA where supported, else fp16; bf16 on a CPU with AMX, else fp32
     output_dir: str = "artifacts/checkpoint"
     resume: bool = False  # continue from <output_dir>/state if present
     save_state_every_steps: int = 0  # also save resumable state mid-epoch; 0 = at epoch end only

@@ -39,10 +39,29 @@ def resolve_precision(name: str, device: torch.device) -> tuple[str, torch.dtype
             raise ConfigError("precision: bf16 is not supported on this GPU (use fp16)")
     else:
         if name == "auto":
-            name = "fp32"
+            name = "bf16" if cpu_has_fast_bf16() else "fp32"
         if name == "fp16":
             raise ConfigError("precision: fp16 needs CUDA (use fp32 or bf16 on CPU)")
     return name, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether bf16 autocast pays on this CPU: AMX (`amx_bf16` in /proc/cpuinfo), with oneDNN's bf16
+    kernels in this torch. On an Intel Xeon with AMX, MiniLM trained 1.76x faster in bf16 than in
+    fp32 at 128 tokens (28.5 against 16.2 samples/s, issue 19). AVX512-BF16 alone converts but has
+    no matrix units, and was not measured faster: fp32 there, as on every other CPU."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    if "amx_bf16" not in flags:
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def amp_context_factory(device: torch.device, dtype: torch.dtype | None) -> AmpContext:

@@ -58,6 +58,7 @@ def test_torchrun_two_process_gloo_run_matches_single_process(tmp_path, tiny_che
     # accumulated 2 -> 2 updates per epoch (the second from the remainder); 2 epochs.
     common = (
         "device=cpu",
+        "precision=fp32",  # the two runs reduce in different orders: only fp32 matches to 2e-4
         "grad_accum_steps=2",
         "epochs=2",
         "max_length=64",

@@ -94,7 +94,6 @@ def test_cpu_rejects_fp16_and_missing_cuda(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         resolve_precision("fp16", torch.device("cpu"))
-    assert resolve_precision("auto", torch.device("cpu")) == ("fp32", None)
     assert resolve_precision("bf16", torch.device("cpu")) == ("bf16", torch.bfloat16)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="cuda requested"):
@@ -115,3 +114,20 @@ def test_shipped_configs_load_and_alias_resolves():
     assert distil.batch_size == 16
     # a hub id is passed through untouched (downloaded by transformers, never in tests)
     assert resolve_base_model("distilbert-base-uncased") == "distilbert-base-uncased"
+
+
+def test_auto_precision_on_a_cpu_is_bf16_only_with_amx():
+    import torch
+
+    from trainer.runtime import cpu_has_fast_bf16, resolve_precision
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+    no_amx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_vnni avx512_bf16\n"
+    assert cpu_has_fast_bf16(amx) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert not cpu_has_fast_bf16(no_amx) and not cpu_has_fast_bf16("")
+    expected = "bf16" if cpu_has_fast_bf16() else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == (
+        expected,
+        {"bf16": torch.bfloat16, "fp32": None}[expected],
+    )
+    assert resolve_precision("fp32", torch.device("cpu")) == ("fp32", None)
