@@ -3,9 +3,11 @@
 model.onnx            the graph (int8 for cpu, fp16 for gpu)
 tokenizer.json        the checkpoint's tokenizer, truncation recorded in it
 config.json           the checkpoint's config: id2label, plus a `serving` block (truncation,
-                      quantization, target, name, version)
+                      quantization, target, name, version, and the calibration `temperature`
+                      the server divides logits by; absent in a directory exported before it)
 export_report.json    optional: parity figures, versions, hashes, the input reference
-                      (core/reference.py)
+                      (core/reference.py), calibration figures (core/calibration.py)
+reliability.png       optional: the reliability diagram of a calibrated export
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.calibration import check_temperature
 from core.reference import BadReference, InputReference, read_reference
 from core.tokenization import TextEncoder, TruncationConfig
 
 MODEL_FILES = ("model.onnx", "tokenizer.json", "config.json")  # what the server needs
 REPORT_FILE = "export_report.json"
-EXPORTED_FILES = (*MODEL_FILES, REPORT_FILE)  # what the exporter writes, nothing else
+EXPORTED_FILES = (*MODEL_FILES, REPORT_FILE)  # what the exporter writes, nothing else...
+RELIABILITY_FILE = "reliability.png"  # ...but this, where it fitted a temperature
 # No truncation mode: encode everything, then let the caller refuse texts over max_length.
 NO_LIMIT = 1 << 30
 
@@ -64,8 +68,26 @@ class ModelDir:
         except Exception as exc:
             raise ModelDirError(f"{self.path / 'tokenizer.json'}: cannot load tokenizer ({exc})") from None
 
+    @property
+    def temperature(self) -> float | None:
+        """The calibration temperature of config.json's serving block, None where the export
+        fitted none (an older export, random-text parity, --no-calibrate). Raises ModelDirError
+        when it is there but not a finite number > 0."""
+        value = self.serving.get("temperature")
+        if value is None:
+            return None
+        try:
+            return check_temperature(value)
+        except ValueError as exc:
+            raise ModelDirError(f"{self.path / 'config.json'}: serving.{exc}") from None
+
     def parity_summary(self) -> dict[str, Any]:
         return parity_summary(self.report)
+
+    def calibration_summary(self) -> dict[str, Any]:
+        """The temperature applied (None: uncalibrated) and the export report's calibration
+        figures (expected calibration error and accuracy before/after, per split)."""
+        return calibration_summary(self.temperature, self.report)
 
     def reference(self) -> InputReference | None:
         """The export report's input reference (core/reference.py), None where it has none.
@@ -113,3 +135,16 @@ def parity_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The scalar parity figures of export_report.json (agreement, accuracies, max prob diff...)."""
     parity = report.get("parity", {})
     return {k: v for k, v in parity.items() if isinstance(v, (int, float, str, bool))}
+
+
+def calibration_summary(temperature: float | None, report: dict[str, Any]) -> dict[str, Any]:
+    """{"temperature": T or None, "<split>": {scalar figures}} from export_report.json's
+    `calibration` block (its `validation` and `test` entries, where present)."""
+    summary: dict[str, Any] = {"temperature": temperature}
+    block = report.get("calibration")
+    if isinstance(block, dict):
+        for split in ("validation", "test"):
+            figures = block.get(split)
+            if isinstance(figures, dict):
+                summary[split] = {k: v for k, v in figures.items() if isinstance(v, (int, float, str, bool))}
+    return summary

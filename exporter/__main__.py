@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from core.modeldir import EXPORTED_FILES
+from core.modeldir import EXPORTED_FILES, RELIABILITY_FILE
 from exporter.config import ExportConfig, parse_config
 from exporter.export import Checkpoint, CheckpointError, export_onnx, load_checkpoint
 
@@ -90,6 +90,42 @@ def build_graph(cfg: ExportConfig, ckpt: Checkpoint, work: Path, dst: Path) -> t
     return steps, isa
 
 
+def fit_calibration(cfg: ExportConfig, eval_set, logits) -> tuple[float | None, dict]:
+    """The temperature fitted on the eval reviews' ONNX logits, or None and why not."""
+    from exporter import calibrate
+
+    if not cfg.calibrate:
+        return None, calibrate.skipped("--no-calibrate: the server serves softmax(logits)")
+    if eval_set.labels is None:
+        log.info("calibration skipped: random text has no labels to fit a temperature on")
+        return None, calibrate.skipped("random text (no labelled eval data): no labels to fit a temperature on")
+    return calibrate.fit(logits, eval_set.labels, eval_set.source)
+
+
+def measure_calibration(stage: Path, session, eval_set, block: dict) -> None:
+    """The temperature on held-out test reviews, scored through the staged model directory as
+    the server reads it (its tokenizer and truncation, its stored temperature); then the plot."""
+    import numpy as np
+
+    from core.modeldir import read_model_dir
+    from exporter import calibrate
+
+    served = read_model_dir(stage)
+    temperature = served.temperature
+    if temperature is None or temperature != block["temperature"]:
+        raise RuntimeError(f"config.json holds temperature {temperature}, fitted {block['temperature']}")
+    if eval_set.held_out_texts:
+        log.info("calibration on %d held-out reviews from %s", len(eval_set.held_out_texts), eval_set.held_out_source)
+        logits = calibrate.held_out_logits(session, served.encoder(), eval_set.held_out_texts)
+        labels = np.asarray(eval_set.held_out_labels)
+        block["test"] = calibrate.split_figures(logits, labels, temperature, str(eval_set.held_out_source))
+        log.info(
+            "calibration: ECE %.4f -> %.4f on the test reviews", block["test"]["ece_before"], block["test"]["ece_after"]
+        )
+    splits = {"validation": block["validation"], **({"test": block["test"]} if block["test"] else {})}
+    calibrate.plot_reliability(stage / RELIABILITY_FILE, splits, temperature)
+
+
 def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Path) -> dict:
     """Build the complete model directory in `stage`; returns the report."""
     from exporter import compare, parity, report
@@ -108,8 +144,10 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
         # the fp16 graph still runs on the CPU EP (slowly): its numbers are checked, not its speed
         log.warning("CUDAExecutionProvider unavailable: parity and latency measured on the CPU EP")
     log.info("parity on %d reviews from %s", len(eval_set.texts), eval_set.source)
-    parity_result = parity.parity_report(ckpt.model, session, encoder, eval_set)
+    pytorch_probs, onnx_logits = parity.score_eval_set(ckpt.model, session, encoder, eval_set)
+    parity_result = parity.parity_report(pytorch_probs, onnx_logits, eval_set)
     parity_result["providers"] = session.get_providers()
+    temperature, calibration = fit_calibration(cfg, eval_set, onnx_logits)
     log.info("measuring latency (batch %s, seq %d)", compare.LATENCY_BATCH_SIZES, compare.LATENCY_SEQ_LEN)
     latency_result = compare.measure_latency(
         session,
@@ -126,10 +164,13 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
         quantization=cfg.resolved_quantization,
         optimization=cfg.optimize,
         target=cfg.target,
+        temperature=temperature,
     )
     hf_config = dict(ckpt.hf_config)
     hf_config["serving"] = serving
     (stage / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    if temperature is not None:
+        measure_calibration(stage, session, eval_set, calibration)
 
     sizes = {"model.onnx": model_path.stat().st_size, "fp32_export.onnx": (work / "fp32" / "model.onnx").stat().st_size}
     result = report.build_report(
@@ -146,12 +187,22 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
         serving=serving,
         steps=steps,
         reference=report.input_reference(encoder, eval_set, ckpt.hf_config.get("id2label", {})),
+        calibration=calibration,
     )
     (stage / "export_report.json").write_text(json.dumps(result, indent=2) + "\n")
     written = sorted(p.name for p in stage.iterdir())
-    if written != sorted(MODEL_FILES):  # the server's contract: these files and nothing else
-        raise RuntimeError(f"model directory would hold {written}, expected {sorted(MODEL_FILES)}")
+    expected = sorted([*MODEL_FILES, *([RELIABILITY_FILE] if temperature is not None else [])])
+    if written != expected:  # the server's contract: these files and nothing else
+        raise RuntimeError(f"model directory would hold {written}, expected {expected}")
     return result
+
+
+def _calibration_line(block: dict) -> str:
+    if block.get("temperature") is None:
+        return "uncalibrated"
+    split = block["test"] or block["validation"]
+    name = "test" if block["test"] else "validation"
+    return f"temperature {block['temperature']:.4f}, ECE {name} {split['ece_before']:.4f} -> {split['ece_after']:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = load_checkpoint(cfg.checkpoint)
         # before the export: a wrong --eval-data should fail in seconds, not minutes
         vocab = list(Tokenizer.from_file(str(ckpt.tokenizer_file)).get_vocab())
-        eval_set = load_eval_set(cfg.eval_data, cfg.eval_samples, cfg.seed, vocab, ckpt.training_config)
+        held_out = cfg.calibration_test_samples if cfg.calibrate else 0
+        eval_set = load_eval_set(cfg.eval_data, cfg.eval_samples, cfg.seed, vocab, ckpt.training_config, held_out)
     except (CheckpointError, UsageError, EvalDataError) as exc:
         return _fail(str(exc), 2)
 
@@ -205,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         f"exported {output_dir}: {result['quantization']} {result['optimization']}, "
         f"{result['file_sizes_bytes']['model.onnx'] / 1e6:.1f} MB, agreement {p['label_agreement']:.4f}, "
         f"accuracy pytorch {p['pytorch_accuracy']} onnx {p['onnx_accuracy']}, "
-        f"max|dp| {p['max_abs_prob_diff']:.4f}, latency b1 {lat['1']['median_ms']} ms b32 {lat['32']['median_ms']} ms"
+        f"max|dp| {p['max_abs_prob_diff']:.4f}, latency b1 {lat['1']['median_ms']} ms b32 {lat['32']['median_ms']} ms, "
+        + _calibration_line(result["calibration"])
     )
     return 0
 

@@ -65,15 +65,19 @@ def torch_probs(model: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return softmax(logits.float().cpu().numpy())
 
 
+def onnx_logits(session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The graph's logits for one padded batch, float32 (what calibration is fitted on)."""
+    return np.asarray(session.run(None, onnx_feed(session, ids, mask))[0], dtype=np.float32)
+
+
 def onnx_probs(session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    logits = session.run(None, onnx_feed(session, ids, mask))[0]
-    return softmax(np.asarray(logits, dtype=np.float32))
+    return softmax(onnx_logits(session, ids, mask))
 
 
 def batched_probs(
     engines: Mapping[str, Engine], encoder: TextEncoder, texts: Sequence[str], batch_size: int = 16
 ) -> dict[str, np.ndarray]:
-    """Each engine's probabilities [texts, labels] in input order, on the same length-sorted
+    """Each engine's probabilities (or logits) [texts, labels] in input order, on the same length-sorted
     padded batches (as the server's batcher makes them: each batch pads little)."""
     seqs = encoder.encode_batch(texts)
     order = np.argsort([len(s) for s in seqs], kind="stable")

@@ -56,6 +56,17 @@ class ExportConfig:
     eval_samples: int = field(
         default=500, metadata=opt("held-out reviews compared between PyTorch and ONNX (0.5 points = 2.5 reviews)")
     )
+    calibrate: bool = field(
+        default=True,
+        metadata=opt(
+            "fit a temperature on the parity reviews' ONNX logits (labelled data only) for the server to divide "
+            "logits by; --no-calibrate: serve plain softmax"
+        ),
+    )
+    calibration_test_samples: int = field(
+        default=2000,
+        metadata=opt("held-out test reviews the calibration error is measured on after the fit; 0 = none"),
+    )
     max_accuracy_drop: float = field(default=0.5, metadata=opt("gate: largest accuracy loss in points"))
     min_agreement: float = field(default=0.98, metadata=opt("gate: smallest PyTorch/ONNX label agreement (0..1)"))
     opset: int | None = field(default=None, metadata=opt("ONNX opset; default optimum's for the architecture"))
@@ -74,6 +85,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.eval_samples < 1:
             raise ValueError(f"--eval-samples must be >= 1, got {self.eval_samples}")
+        if self.calibration_test_samples < 0:
+            raise ValueError(f"--calibration-test-samples must be >= 0, got {self.calibration_test_samples}")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ValueError(f"--min-agreement must be in [0, 1], got {self.min_agreement}")
         if self.latency_repeats < 1:

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from core.probs import softmax
 from core.tokenization import TextEncoder
-from exporter.compare import batched_probs, onnx_probs, torch_probs
+from exporter.compare import batched_probs, onnx_logits, torch_probs
 
 DEFAULT_DATA_DIR = Path("data/imdb")
 BATCH = 16
@@ -35,26 +36,37 @@ class EvalSet:
     # alert), and where they were counted; None for random text.
     label_counts: dict[int, int] | None = None
     label_source: str | None = None
+    # Labelled test reviews the calibration is measured on after its fit (never the gate's or the
+    # fit's reviews), and where they came from; None when not asked for or not available.
+    held_out_texts: list[str] | None = None
+    held_out_labels: list[int] | None = None
+    held_out_source: str | None = None
 
 
 def load_eval_set(
-    data_dir: Path | None, n: int, seed: int, vocab: list[str], training_config: dict | None = None
+    data_dir: Path | None,
+    n: int,
+    seed: int,
+    vocab: list[str],
+    training_config: dict | None = None,
+    held_out: int = 0,
 ) -> EvalSet:
     """`n` labelled held-out reviews, or random text when no data is available.
 
     `training_config` (the checkpoint's) supplies the seed and validation fraction, so
-    the reviews come from the validation split the trainer held out.
+    the reviews come from the validation split the trainer held out. `held_out`: as many
+    test-split reviews too (where the data has a test split apart from the eval reviews).
     """
     explicit = data_dir is not None
     directory = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
     if directory.is_dir():
-        return _load_reviews(directory, n, seed, training_config or {})
+        return _load_reviews(directory, n, seed, training_config or {}, held_out)
     if explicit:
         raise EvalDataError(f"--eval-data {directory} is not a directory")
     return _random_text(n, seed, vocab)
 
 
-def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict) -> EvalSet:
+def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict, held_out: int = 0) -> EvalSet:
     import pandas as pd
 
     load_splits: Callable[..., Any] | None
@@ -66,15 +78,21 @@ def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict) -> E
         if load_splits is not None:  # the trainer's validation split: the gate never sees test
             kwargs = {k: training_config[k] for k in ("val_fraction", "seed") if k in training_config}
             splits = load_splits(data_dir, **kwargs)
-            frame, counted = splits.val, splits.train
+            frame, counted, test = splits.val, splits.train, splits.test
             source = f"{data_dir} validation split (trainer.data.load_splits {kwargs or 'defaults'})"
             label_source = f"{data_dir} train split ({len(counted)} reviews)"
+            test_source = f"{data_dir} test split"
         else:
             name = next((f for f in ("validation.parquet", "test.parquet") if (data_dir / f).is_file()), None)
             if name is None:
                 raise EvalDataError(f"{data_dir} has no validation.parquet or test.parquet")
             frame, source = pd.read_parquet(data_dir / name, columns=["text", "label"]), str(data_dir / name)
             counted, label_source = frame, f"{source} ({len(frame)} reviews; the trainer was not installed)"
+            # the test split is held out only where the eval reviews came from elsewhere
+            test_path = data_dir / "test.parquet"
+            has_test = name != "test.parquet" and held_out > 0 and test_path.is_file()
+            test = pd.read_parquet(test_path, columns=["text", "label"]) if has_test else None
+            test_source = str(test_path)
     except EvalDataError:
         raise
     except Exception as exc:
@@ -83,7 +101,19 @@ def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict) -> E
     # files are sorted by label: sample, never take the head
     frame = frame.sample(n=min(n, len(frame)), random_state=seed)
     texts, labels = frame["text"].astype(str).tolist(), frame["label"].astype(int).tolist()
-    return EvalSet(texts, labels, source, counts, label_source)
+    if held_out <= 0 or test is None or len(test) == 0:
+        return EvalSet(texts, labels, source, counts, label_source)
+    test = test.sample(n=min(held_out, len(test)), random_state=seed)
+    return EvalSet(
+        texts,
+        labels,
+        source,
+        counts,
+        label_source,
+        held_out_texts=test["text"].astype(str).tolist(),
+        held_out_labels=test["label"].astype(int).tolist(),
+        held_out_source=f"{test_source} ({len(test)} reviews sampled, seed {seed})",
+    )
 
 
 def _random_text(n: int, seed: int, vocab: list[str]) -> EvalSet:
@@ -93,18 +123,25 @@ def _random_text(n: int, seed: int, vocab: list[str]) -> EvalSet:
     return EvalSet(texts, None, "random text (no --eval-data and no data/imdb)")
 
 
-def parity_report(model, session, encoder: TextEncoder, eval_set: EvalSet) -> dict:
-    """Label agreement, accuracy of each side, max |prob diff| over all classes."""
-    probs = batched_probs(
+def score_eval_set(model, session, encoder: TextEncoder, eval_set: EvalSet) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's probabilities and the ONNX graph's logits (what calibration is fitted on) for
+    the eval reviews, on the same batches."""
+    out = batched_probs(
         {
             "pytorch": lambda ids, mask: torch_probs(model, ids, mask),
-            "onnx": lambda ids, mask: onnx_probs(session, ids, mask),
+            "onnx": lambda ids, mask: onnx_logits(session, ids, mask),
         },
         encoder,
         eval_set.texts,
         BATCH,
     )
-    pt, ox = probs["pytorch"], probs["onnx"]
+    return out["pytorch"], out["onnx"]
+
+
+def parity_report(pt_probs: np.ndarray, ox_logits: np.ndarray, eval_set: EvalSet) -> dict:
+    """Label agreement, accuracy of each side, max |prob diff| over all classes (uncalibrated:
+    both sides' plain softmax)."""
+    pt, ox = pt_probs, softmax(ox_logits)
     pt_label, ox_label = pt.argmax(1), ox.argmax(1)
     report = {
         "samples": len(eval_set.texts),

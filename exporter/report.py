@@ -78,9 +78,17 @@ def input_reference(encoder: TextEncoder, eval_set: Any, id2label: dict[Any, Any
 
 
 def serving_block(
-    truncation: dict, model_name: str, model_version: str, quantization: str, optimization: str, target: str
+    truncation: dict,
+    model_name: str,
+    model_version: str,
+    quantization: str,
+    optimization: str,
+    target: str,
+    temperature: float | None = None,
 ) -> dict:
-    return {
+    """config.json's `serving` block; `temperature` only where one was fitted (the server reads
+    its absence as uncalibrated, as in a directory exported before calibration)."""
+    block: dict[str, Any] = {
         "truncation": truncation,
         "model_name": model_name,
         "model_version": model_version,
@@ -88,6 +96,9 @@ def serving_block(
         "optimization": optimization,
         "target": target,
     }
+    if temperature is not None:
+        block["temperature"] = temperature
+    return block
 
 
 def build_report(
@@ -105,6 +116,7 @@ def build_report(
     serving: dict,
     steps: list[str],
     reference: dict | None = None,
+    calibration: dict | None = None,
 ) -> dict:
     return {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -132,4 +144,6 @@ def build_report(
         "config": config,
         # What served traffic is compared with (server/monitor.py); null without labelled data.
         "reference": reference,
+        # The temperature the server applies, ECE and accuracy before/after (exporter/calibrate.py).
+        "calibration": calibration,
     }

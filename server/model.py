@@ -50,4 +50,10 @@ def load_model(config: ServerConfig) -> ServedModel:
     if gpu and not uses_cuda(runner.info.get("providers", ())):
         log.warning("model exported for a GPU, but ONNX Runtime's CUDA provider did not start: serving on CPU")
         runner = build(gpu=False)
+    if model.temperature is None:
+        log.warning(
+            "%s has no calibration temperature (config.json serving.temperature): serving uncalibrated "
+            "probabilities; re-export the checkpoint with labelled data to calibrate them",
+            model.path,
+        )
     return ServedModel(encoder, runner)

@@ -120,7 +120,7 @@ SPEC: dict[str, Any] = {
         "/v1/model": {
             "get": {
                 "operationId": "model",
-                "summary": "Served model: labels, quantization, max length, parity summary",
+                "summary": "Served model: labels, quantization, max length, parity and calibration summary",
                 "responses": {"200": _json({"$ref": "#/components/schemas/ModelInfo"}, "model description")},
             }
         },
@@ -254,6 +254,12 @@ SPEC: dict[str, Any] = {
                     "quantization": {"type": "string"},
                     "max_length": {"type": "integer"},
                     "parity": {"type": "object"},
+                    "calibration": {
+                        "type": "object",
+                        "description": "temperature: what logits are divided by before softmax (null: "
+                        "uncalibrated); validation/test: the export's expected calibration error and "
+                        "accuracy before and after it",
+                    },
                     "batching": {"type": "object"},
                     "limits": {"type": "object"},
                 },

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core.calibration import scaled_probs
 from core.layout import cuda_wanted, physical_cores, uses_cuda
 from core.modeldir import ModelDir, ModelDirError, read_model_dir
-from core.probs import softmax
 from core.tokenization import SpecialIds, pad_batch
 from server.costmodel import time_batches
 
@@ -37,7 +37,8 @@ class Runner(Protocol):
 
 
 class OnnxRunner:
-    """Runs the ONNX graph on padded batches of ids; returns softmax probabilities."""
+    """Runs the ONNX graph on padded batches of ids; returns softmax(logits / T) probabilities,
+    T the model directory's calibration temperature (none: softmax(logits))."""
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class OnnxRunner:
         self.labels = model.labels
         truncation = model.truncation
         self.max_length = truncation.max_length
+        self.temperature = model.temperature  # before the sessions: a bad one fails in a moment
         self.specials = specials or model.encoder().specials
 
         self.intra_op_threads = intra_op_threads or physical_cores()
@@ -113,6 +115,8 @@ class OnnxRunner:
             "parity": model.parity_summary(),
             # The training data's label share (export_report.json's reference): the drift gauge's.
             "label_share": model.label_share(),
+            # The temperature applied and the export's calibration error before/after it.
+            "calibration": model.calibration_summary(),
         }
 
     def predict(self, seqs: list[np.ndarray]) -> np.ndarray:
@@ -132,7 +136,7 @@ class OnnxRunner:
                 (logits,) = session.run([self._output], feed)
             finally:
                 self._sessions.put(session)
-        return softmax(logits[: len(seqs)])
+        return scaled_probs(logits[: len(seqs)], self.temperature)
 
     def warmup_shapes(self) -> list[tuple[int, int]]:
         """(batch size, width) pairs run by `warmup`: with shape buckets, every shape a batch of
