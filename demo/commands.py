@@ -15,6 +15,23 @@ def data_command(cfg: DemoConfig) -> list[str]:
     return cmd
 
 
+def baseline_command(cfg: DemoConfig) -> list[str]:
+    """TF-IDF + logistic regression on the full train split, scored on the demo's own test reviews:
+    the same --max-eval-samples cap and seed as the demo's training run select the same reviews."""
+    return [
+        sys.executable,
+        "-m",
+        "trainer",
+        "baseline",
+        "--data-dir",
+        str(cfg.data_dir),
+        "--output-dir",
+        str(cfg.report_dir / "baseline"),
+        "--max-eval-samples",
+        str(cfg.eval_samples),
+    ]
+
+
 def train_command(cfg: DemoConfig) -> list[str]:
     sets = {
         "max_train_samples": cfg.train_samples,

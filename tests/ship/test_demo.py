@@ -175,3 +175,26 @@ def test_a_broken_model_fails_the_serve_step(tmp_path, tiny_model_dir, capfd):
     assert code == 2
     assert "---- serve FAILED" in out and "exited with status" in out
     assert "[6/7]" not in out and out.rstrip().splitlines()[-1] == "demo: FAIL (a step failed)"
+
+
+def test_baseline_command_is_accepted_and_scores_the_demos_test_reviews(tmp_path):
+    from demo.commands import baseline_command
+    from trainer.__main__ import build_parser
+
+    cfg = parse_config(["--report-dir", str(tmp_path), "--eval-samples", "321"])
+    cmd = baseline_command(cfg)
+    assert cmd[1:4] == ["-m", "trainer", "baseline"]
+    args = build_parser().parse_args(cmd[3:])  # the trainer's own parser takes it
+    assert args.max_eval_samples == 321 and str(args.output_dir) == str(tmp_path / "baseline")
+
+
+def test_the_summary_sets_the_model_beside_the_baseline():
+    from demo.tour import FULL_RECIPE, baseline_line
+
+    line = baseline_line({"accuracy": 0.9021, "samples": 500}, {"accuracy": 0.8852})
+    assert line == (
+        "demo model (PyTorch) 0.9021 vs TF-IDF + logistic regression 0.8852 on the same 500 test reviews: "
+        "the demo model beats the baseline (+1.7 points)"
+    )
+    assert "does not beat the baseline (-1.3 points)" in baseline_line({"accuracy": 0.872}, {"accuracy": 0.885})
+    assert "92.45%" in FULL_RECIPE
