@@ -254,6 +254,14 @@ SPEC: dict[str, Any] = {
                     "quantization": {"type": "string"},
                     "max_length": {"type": "integer"},
                     "parity": {"type": "object"},
+                    "robustness": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "python -m exporter.robustness's summary (robustness.json in the model "
+                        "directory, read at start-up; null where it was never run): the test sample's size and "
+                        "accuracy, then each slice's name, group, size, accuracy, ci95, gap_points and flagged "
+                        "(more than flag_points below the whole)",
+                    },
                     "batching": {"type": "object"},
                     "limits": {"type": "object"},
                 },

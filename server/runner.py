@@ -113,6 +113,8 @@ class OnnxRunner:
             "parity": model.parity_summary(),
             # The training data's label share (export_report.json's reference): the drift gauge's.
             "label_share": model.label_share(),
+            # python -m exporter.robustness's summary, read at start-up (None: never run on this model).
+            "robustness": model.robustness_summary(),
         }
 
     def predict(self, seqs: list[np.ndarray]) -> np.ndarray:
