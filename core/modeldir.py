@@ -8,11 +8,15 @@ config.json           the checkpoint's config: id2label, plus a `serving` block 
 export_report.json    optional: parity figures, versions, hashes, the input reference
                       (core/reference.py), calibration figures (core/calibration.py)
 reliability.png       optional: the reliability diagram of a calibrated export
+robustness.json       optional, written later by `python -m exporter.robustness` (with
+                      robustness.md): accuracy on slices of the test set; GET /v1/model shows
+                      its summary. A new export replaces the directory, and drops it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,8 @@ MODEL_FILES = ("model.onnx", "tokenizer.json", "config.json")  # what the server
 REPORT_FILE = "export_report.json"
 EXPORTED_FILES = (*MODEL_FILES, REPORT_FILE)  # what the exporter writes, nothing else...
 RELIABILITY_FILE = "reliability.png"  # ...but this, where it fitted a temperature
+ROBUSTNESS_FILE = "robustness.json"
+ROBUSTNESS_MARKDOWN = "robustness.md"
 # No truncation mode: encode everything, then let the caller refuse texts over max_length.
 NO_LIMIT = 1 << 30
 
@@ -106,6 +112,15 @@ class ModelDir:
             return None
         return ref.label_share if ref is not None else None
 
+    def robustness_summary(self) -> dict[str, Any] | None:
+        """The served graph's figures from robustness.json, None where there is none (never
+        raises: a malformed report must not stop a server)."""
+        try:
+            report = json.loads((self.path / ROBUSTNESS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return robustness_summary(report)
+
 
 def read_model_dir(model_dir: str | Path) -> ModelDir:
     """The one reader of a model directory, with one-line errors for a broken one."""
@@ -148,3 +163,41 @@ def calibration_summary(temperature: float | None, report: dict[str, Any]) -> di
             if isinstance(figures, dict):
                 summary[split] = {k: v for k, v in figures.items() if isinstance(v, (int, float, str, bool))}
     return summary
+
+
+def _number(value: Any) -> float | None:
+    """A finite JSON number, else None (json.loads reads NaN and Infinity too)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def robustness_summary(report: Any) -> dict[str, Any] | None:
+    """robustness.json cut to what a client shows: the whole sample's accuracy, then each row's
+    name, group, size, accuracy, 95% interval, gap in points and flag (the served graph's, "onnx").
+    None when the report is not one."""
+    if not isinstance(report, dict) or not isinstance(report.get("slices"), list):
+        return None
+    rows = []
+    for entry in [report.get("whole"), *report["slices"]]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("onnx"), dict):
+            return None
+        figures = entry["onnx"]
+        ci = figures.get("ci95")
+        rows.append(
+            {
+                "name": str(entry.get("name", "")),
+                "group": str(entry.get("group", "")),
+                "size": int(_number(entry.get("size")) or 0),
+                "accuracy": _number(figures.get("accuracy")),
+                "ci95": [_number(x) for x in ci] if isinstance(ci, list) and len(ci) == 2 else None,
+                "gap_points": _number(figures.get("gap_points")),
+                "flagged": figures.get("flagged") is True,
+            }
+        )
+    whole, *slices = rows
+    return {
+        "samples": whole["size"],
+        "accuracy": whole["accuracy"],
+        "flag_points": _number(report.get("flag_points")),
+        "slices": slices,
+    }

@@ -75,10 +75,15 @@ def onnx_probs(session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def batched_probs(
-    engines: Mapping[str, Engine], encoder: TextEncoder, texts: Sequence[str], batch_size: int = 16
+    engines: Mapping[str, Engine],
+    encoder: TextEncoder,
+    texts: Sequence[str],
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Each engine's probabilities (or logits) [texts, labels] in input order, on the same length-sorted
-    padded batches (as the server's batcher makes them: each batch pads little)."""
+    padded batches (as the server's batcher makes them: each batch pads little). `progress` is
+    told how many texts are done after each batch."""
     seqs = encoder.encode_batch(texts)
     order = np.argsort([len(s) for s in seqs], kind="stable")
     out: dict[str, np.ndarray] = {}
@@ -90,6 +95,8 @@ def batched_probs(
             if name not in out:
                 out[name] = np.zeros((len(seqs), probs.shape[1]), dtype=np.float32)
             out[name][idx] = probs
+        if progress is not None:
+            progress(start + len(idx))
     return out
 
 

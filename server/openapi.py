@@ -260,6 +260,14 @@ SPEC: dict[str, Any] = {
                         "uncalibrated); validation/test: the export's expected calibration error and "
                         "accuracy before and after it",
                     },
+                    "robustness": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "python -m exporter.robustness's summary (robustness.json in the model "
+                        "directory, read at start-up; null where it was never run): the test sample's size and "
+                        "accuracy, then each slice's name, group, size, accuracy, ci95, gap_points and flagged "
+                        "(more than flag_points below the whole)",
+                    },
                     "batching": {"type": "object"},
                     "limits": {"type": "object"},
                 },

@@ -117,6 +117,8 @@ class OnnxRunner:
             "label_share": model.label_share(),
             # The temperature applied and the export's calibration error before/after it.
             "calibration": model.calibration_summary(),
+            # python -m exporter.robustness's summary, read at start-up (None: never run on this model).
+            "robustness": model.robustness_summary(),
         }
 
     def predict(self, seqs: list[np.ndarray]) -> np.ndarray:

@@ -177,8 +177,8 @@
 
   // ---- the model view ----
 
-  function pct(x) {
-    return typeof x === "number" ? (100 * x).toFixed(2) + "%" : "n/a";
+  function pct(x, digits) {
+    return typeof x === "number" ? (100 * x).toFixed(digits === undefined ? 2 : digits) + "%" : "n/a";
   }
 
   function truncationText(info) {
@@ -210,6 +210,37 @@
     return "ONNX " + pct(parity.onnx_accuracy) + ", PyTorch " + pct(parity.pytorch_accuracy) + " (drop " + drop + " points)";
   }
 
+  // robustness.json's summary: a row per slice, the ones more than flag_points below the whole marked.
+  function renderRobustness(summary) {
+    var rows = summary && Array.isArray(summary.slices) ? summary.slices : [];
+    var body = $("robustness-rows");
+    body.textContent = "";
+    rows.forEach(function (s) {
+      var tr = document.createElement("tr");
+      tr.dataset.slice = s.name;
+      tr.className = s.flagged ? "flagged" : "";
+      var gap = typeof s.gap_points === "number" ? (s.gap_points > 0 ? "+" : "") + s.gap_points.toFixed(1) : "n/a";
+      var cells = [
+        s.name,
+        String(s.size),
+        pct(s.accuracy, 1),
+        s.ci95 ? pct(s.ci95[0], 1) + "–" + pct(s.ci95[1], 1) : "n/a",
+        gap + (s.flagged ? " ⚠" : ""),
+      ];
+      cells.forEach(function (text, i) {
+        var cell = document.createElement(i === 0 ? "th" : "td");
+        cell.textContent = text;
+        tr.appendChild(cell);
+      });
+      body.appendChild(tr);
+    });
+    $("robustness-note").textContent = rows.length
+      ? "Served model, " + summary.samples + " test reviews: " + pct(summary.accuracy, 1) + "; ⚠ more than " +
+        summary.flag_points + " points below that (a perturbation: below the same reviews unperturbed)."
+      : "";
+    show($("model-robustness"), rows.length > 0);
+  }
+
   function renderModel(info) {
     var limits = info.limits || {};
     var facts = [
@@ -236,6 +267,7 @@
       dd.textContent = String(fact[1]);
       dl.append(dt, dd);
     });
+    renderRobustness(info.robustness);
   }
 
   function loadModel() {

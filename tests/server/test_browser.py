@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -66,9 +67,30 @@ def start_browser() -> webdriver.Chrome:
     return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
 
 
+# A robustness.json as python -m exporter.robustness writes it, cut to what GET /v1/model reads
+# (core.modeldir.robustness_summary): one row flagged, one empty.
+ROBUSTNESS = {
+    "flag_points": 5.0,
+    "whole": {"name": "all test reviews", "size": 2000, "onnx": {"accuracy": 0.9, "ci95": [0.886, 0.912]}},
+    "slices": [
+        {"name": "short", "size": 0, "onnx": {"accuracy": None, "ci95": None, "gap_points": None, "flagged": False}},
+        {"name": "negation", "size": 300, "onnx": {"accuracy": 0.91, "ci95": [0.87, 0.94], "gap_points": 1.0}},
+        {
+            "name": "late_contrast",
+            "size": 80,
+            "onnx": {"accuracy": 0.8, "ci95": [0.7, 0.87], "gap_points": -10.0, "flagged": True},
+        },
+    ],
+}
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    model_dir = Path(os.environ.get("PLAYGROUND_MODEL_DIR") or tiny_model_dir)
+    # A copy, so that the robustness report written into it stays out of the shared tiny model.
+    model_dir = tmp_path_factory.mktemp("browser-model") / "model"
+    shutil.copytree(Path(os.environ.get("PLAYGROUND_MODEL_DIR") or tiny_model_dir), model_dir)
+    if not (model_dir / "robustness.json").exists():
+        (model_dir / "robustness.json").write_text(json.dumps(ROBUSTNESS))
     cmd = server_command(model_dir, "--max-text-chars", str(MAX_TEXT_CHARS), "--intra-op-threads", "1")
     with ServedProcess(cmd, tmp_path_factory.mktemp("browser") / "server.log", ready_timeout_s=90) as served:
         yield served
@@ -145,6 +167,24 @@ def test_a_typed_review_is_answered_with_label_score_latency_and_request_id(serv
     if os.environ.get("PLAYGROUND_SCREENSHOT"):
         wait(browser, lambda d: text_of(d, "#live-rate").endswith("/s"), "no interval in the live view yet")
         browser.save_screenshot(os.environ["PLAYGROUND_SCREENSHOT"])
+
+
+def test_the_model_view_shows_the_robustness_summary(server, browser):
+    browser.get(server.url + "/")
+    summary = get(server.url, "/v1/model")["robustness"]
+    wait(browser, lambda d: d.find_element(By.ID, "model-robustness").is_displayed(), "no robustness table")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#robustness-rows tr")
+    assert [r.get_attribute("data-slice") for r in rows] == [s["name"] for s in summary["slices"]]
+    for row, s in zip(rows, summary["slices"]):
+        cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")]
+        assert cells[:2] == [s["name"], str(s["size"])]
+        if s["accuracy"] is None:
+            assert cells[2:4] == ["n/a", "n/a"]
+        else:
+            assert cells[2] == f"{100 * s['accuracy']:.1f}%" and cells[3].startswith(f"{100 * s['ci95'][0]:.1f}%")
+        assert ("flagged" in row.get_attribute("class")) == s["flagged"] == cells[4].endswith("⚠")
+    assert any(s["flagged"] for s in summary["slices"]) or "PLAYGROUND_MODEL_DIR" in os.environ
+    assert f"{summary['samples']} test reviews" in text_of(browser, "#robustness-note")
 
 
 def test_several_lines_are_one_request_answered_in_order(server, browser):
@@ -250,6 +290,9 @@ def test_a_401_asks_for_the_key_and_later_requests_send_it(tiny_model_dir, tmp_p
         try:
             driver.get(served.url + "/")
             assert not driver.find_element(By.ID, "key-form").is_displayed()
+            # The tiny model has no robustness report: no table.
+            wait(driver, lambda d: text_of(d, 'dd[data-fact="name"]') != "", "model view not filled")
+            assert not driver.find_element(By.ID, "model-robustness").is_displayed()
             classify(driver, REVIEW)
             status, refused = post(served.url, {"text": REVIEW})
             assert status == 401 and refused["error"]["code"] == "unauthorized"
