@@ -90,7 +90,8 @@ eda: $(STAMP) data
 
 export: $(STAMP)
 	@echo ">> export: $(CHECKPOINT) -> $(MODEL_DIR) (int8 ONNX, parity-gated)"
-	$(PY) -m exporter --checkpoint $(CHECKPOINT) --output-dir $(MODEL_DIR) $(EXPORT_ARGS)
+	$(PY) -m exporter --checkpoint $(CHECKPOINT) --output-dir $(MODEL_DIR) \
+	  $(if $(wildcard $(DATA_DIR)/test.parquet),--test-accuracy) $(EXPORT_ARGS)
 
 # The checkpoint is scored too where it exists (PyTorch fp32); ROBUSTNESS_ARGS="--samples 2000" for a quick run.
 robustness: $(STAMP)

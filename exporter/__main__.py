@@ -102,9 +102,48 @@ def fit_calibration(cfg: ExportConfig, eval_set, logits) -> tuple[float | None, 
     return calibrate.fit(logits, eval_set.labels, eval_set.source)
 
 
-def measure_calibration(stage: Path, session, eval_set, block: dict) -> None:
-    """The temperature on held-out test reviews, scored through the staged model directory as
-    the server reads it (its tokenizer and truncation, its stored temperature); then the plot."""
+def held_out_logits(stage: Path, session, eval_set):
+    """The graph's logits for the held-out test reviews, ids from the staged model directory as
+    the server reads it (its tokenizer and truncation), with a progress bar; None without them."""
+    from core.modeldir import read_model_dir
+    from exporter import calibrate
+
+    if not eval_set.held_out_texts:
+        return None
+    log.info("scoring %d held-out test reviews from %s", len(eval_set.held_out_texts), eval_set.held_out_source)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the train extra brings it; without it, no bar
+        return calibrate.held_out_logits(session, read_model_dir(stage).encoder(), eval_set.held_out_texts)
+    with tqdm(total=len(eval_set.held_out_texts), desc="exporter: test reviews", unit="review") as bar:
+        done = [0]
+
+        def advance(n: int) -> None:
+            bar.update(n - done[0])
+            done[0] = n
+
+        return calibrate.held_out_logits(
+            session, read_model_dir(stage).encoder(), eval_set.held_out_texts, progress=advance
+        )
+
+
+def test_accuracy(logits, eval_set) -> dict:
+    """--test-accuracy: the served graph's accuracy on every held-out test review (the parity
+    block's test_* figures, which GET /v1/model shows)."""
+    import numpy as np
+
+    if logits is None:
+        log.warning("--test-accuracy: no held-out test split beside the eval data; not measured")
+        return {"test_accuracy": None}
+    labels = np.asarray(eval_set.held_out_labels)
+    accuracy = float((logits.argmax(-1) == labels).mean())
+    log.info("int8 accuracy on %d test reviews: %.4f", len(labels), accuracy)
+    return {"test_accuracy": accuracy, "test_samples": len(labels), "test_source": str(eval_set.held_out_source)}
+
+
+def measure_calibration(stage: Path, logits, eval_set, block: dict) -> None:
+    """The temperature on held-out test reviews (their logits through the staged model directory,
+    or None), as the server reads it (its stored temperature); then the plot."""
     import numpy as np
 
     from core.modeldir import read_model_dir
@@ -114,9 +153,7 @@ def measure_calibration(stage: Path, session, eval_set, block: dict) -> None:
     temperature = served.temperature
     if temperature is None or temperature != block["temperature"]:
         raise RuntimeError(f"config.json holds temperature {temperature}, fitted {block['temperature']}")
-    if eval_set.held_out_texts:
-        log.info("calibration on %d held-out reviews from %s", len(eval_set.held_out_texts), eval_set.held_out_source)
-        logits = calibrate.held_out_logits(session, served.encoder(), eval_set.held_out_texts)
+    if logits is not None:
         labels = np.asarray(eval_set.held_out_labels)
         block["test"] = calibrate.split_figures(logits, labels, temperature, str(eval_set.held_out_source))
         log.info(
@@ -169,8 +206,11 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
     hf_config = dict(ckpt.hf_config)
     hf_config["serving"] = serving
     (stage / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    logits = held_out_logits(stage, session, eval_set) if temperature is not None or cfg.test_accuracy else None
     if temperature is not None:
-        measure_calibration(stage, session, eval_set, calibration)
+        measure_calibration(stage, logits, eval_set, calibration)
+    if cfg.test_accuracy:
+        parity_result.update(test_accuracy(logits, eval_set))
 
     sizes = {"model.onnx": model_path.stat().st_size, "fp32_export.onnx": (work / "fp32" / "model.onnx").stat().st_size}
     result = report.build_report(
@@ -218,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         # before the export: a wrong --eval-data should fail in seconds, not minutes
         vocab = list(Tokenizer.from_file(str(ckpt.tokenizer_file)).get_vocab())
         held_out = cfg.calibration_test_samples if cfg.calibrate else 0
+        if cfg.test_accuracy:  # every test review: the calibration's test figures then use them all too
+            held_out = sys.maxsize
         eval_set = load_eval_set(cfg.eval_data, cfg.eval_samples, cfg.seed, vocab, ckpt.training_config, held_out)
     except (CheckpointError, UsageError, EvalDataError) as exc:
         return _fail(str(exc), 2)

@@ -10,7 +10,7 @@ The maths is core/calibration.py's (the server's too); matplotlib is imported he
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +91,16 @@ def skipped(reason: str) -> dict[str, Any]:
     return {"method": None, "temperature": None, "skipped": reason}
 
 
-def held_out_logits(session: Any, encoder: TextEncoder, texts: list[str], batch_size: int = 16) -> np.ndarray:
+def held_out_logits(
+    session: Any,
+    encoder: TextEncoder,
+    texts: list[str],
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """The graph's logits for held-out reviews, ids from `encoder` (the model directory's)."""
-    return batched_probs({"onnx": lambda ids, mask: onnx_logits(session, ids, mask)}, encoder, texts, batch_size)[
-        "onnx"
-    ]
+    engines = {"onnx": lambda ids, mask: onnx_logits(session, ids, mask)}
+    return batched_probs(engines, encoder, texts, batch_size, progress)["onnx"]
 
 
 def plot_reliability(path: Path, splits: Mapping[str, Mapping[str, Any]], temperature: float) -> None:

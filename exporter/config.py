@@ -67,6 +67,13 @@ class ExportConfig:
         default=2000,
         metadata=opt("held-out test reviews the calibration error is measured on after the fit; 0 = none"),
     )
+    test_accuracy: bool = field(
+        default=False,
+        metadata=opt(
+            "also score the int8 model on every review of the test split beside the eval data, through the "
+            "server's preprocessing (export_report.json's parity block; GET /v1/model shows it)"
+        ),
+    )
     max_accuracy_drop: float = field(default=0.5, metadata=opt("gate: largest accuracy loss in points"))
     min_agreement: float = field(default=0.98, metadata=opt("gate: smallest PyTorch/ONNX label agreement (0..1)"))
     opset: int | None = field(default=None, metadata=opt("ONNX opset; default optimum's for the architecture"))

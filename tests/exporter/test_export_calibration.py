@@ -142,3 +142,26 @@ def test_calibration_flags():
     assert cfg.calibrate is True and cfg.calibration_test_samples == 2000
     with pytest.raises(ValueError, match="--calibration-test-samples"):
         ExportConfig(checkpoint=Path("c"), output_dir=Path("o"), calibration_test_samples=-1)
+
+
+def test_test_accuracy_scores_every_test_review_as_the_server_does(tmp_path, tiny_checkpoint, labelled_dir):
+    out = tmp_path / "model"
+    assert _export(tiny_checkpoint, out, "--eval-data", str(labelled_dir), "--no-calibrate", "--test-accuracy") == 0
+    model = read_model_dir(out)
+    parity = model.parity_summary()  # what GET /v1/model shows
+    test = pd.read_parquet(labelled_dir / "test.parquet")
+    assert parity["test_samples"] == len(test) == 60 and "test split" in parity["test_source"]
+    runner = OnnxRunner(model, intra_op_threads=1)
+    encoder = model.encoder()
+    served = [int(runner.predict(encoder.encode_batch([t]))[0].argmax()) for t in test["text"]]
+    assert parity["test_accuracy"] == pytest.approx(float(np.mean(np.array(served) == test["label"].to_numpy())))
+    assert model.temperature is None  # --no-calibrate: the accuracy needs no temperature
+
+
+def test_test_accuracy_without_test_reviews_says_so(tmp_path, tiny_checkpoint, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/imdb here: parity on random text, no test reviews to score
+    out = tmp_path / "model"
+    assert _export(tiny_checkpoint, out, "--no-calibrate", "--test-accuracy") == 0
+    parity = read_model_dir(out).parity_summary()
+    assert "random text" in parity["source"] and parity.get("test_accuracy") is None
+    assert "no held-out test split" in caplog.text
