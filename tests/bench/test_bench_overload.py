@@ -134,7 +134,13 @@ def test_overload_smoke_writes_a_section_and_json(tiny_model_dir, tmp_path, caps
         [steps] = results["rounds"][name]
         assert [s["name"] for s in steps] == [name for name, _ in STEPS]
         assert all(s["sent"] > 0 and s["answered"] + s["refused"] + s["other_errors"] == s["sent"] for s in steps)
-        assert steps[-1]["recovery_s"] is not None or steps[-1]["answered_p95_ms"] > results["budget_ms"]
+        # Recovered, or the step shows why not: its answers past the budget, or none answered at all
+        # (a 1 s step right after a 5x burst of a ~2,000 req/s model can refuse all of it; p95 is then NaN).
+        last = steps[-1]
+        p95 = last["answered_p95_ms"]
+        assert last["recovery_s"] is not None or p95 is None or not p95 <= results["budget_ms"], last
+        if last["recovery_s"] is None and last["answered"] == 0:
+            assert last["refused"] == last["sent"]
         assert [s["name"] for s in results["median"][name]] == [s["name"] for s in steps]
     assert results["commands"]["budget_off"][-2:] == ["--latency-budget-ms", "0"]
     assert results["commands"]["budget_on"][-2:] == ["--latency-budget-ms", "200"]  # the budget goodput counts against
