@@ -23,8 +23,9 @@ import numpy as np
 from core import cli
 from core.checkpoint import CheckpointError
 from core.cli import opt
+from core.labels import LABELS
 from core.layout import physical_cores
-from core.modeldir import ModelDirError, read_model_dir
+from core.modeldir import ModelDir, ModelDirError, read_model_dir
 from exporter.compare import batched_probs, onnx_probs, open_session, torch_probs
 
 PROG = "python -m exporter.accuracy"
@@ -45,33 +46,43 @@ class AccuracyConfig:
     output: Path | None = field(default=None, metadata=opt("write the results as JSON here"))
 
 
+def checkpoint_probs(
+    checkpoint: Path, texts: list[str], batch_size: int, progress: Callable[[int], None] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """PyTorch fp32 on the CPU, fed the ids the server would make (the checkpoint's truncation):
+    the probabilities and the label names of their columns."""
+    from exporter.export import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.model.float()
+    probs = batched_probs(
+        {"pytorch": lambda ids, mask: torch_probs(model, ids, mask)}, ckpt.encoder(), texts, batch_size, progress
+    )["pytorch"]
+    id2label = {int(k): str(v) for k, v in ckpt.hf_config.get("id2label", dict(enumerate(LABELS))).items()}
+    return probs, [id2label[i] for i in sorted(id2label)]
+
+
+def model_dir_probs(
+    model: ModelDir, texts: list[str], batch_size: int, progress: Callable[[int], None] | None = None
+) -> np.ndarray:
+    """A model directory's graph, fed its own serving tokenizer's ids. Raises ModelDirError when
+    the graph does not load."""
+    try:
+        # The server's session settings: its core count (cgroup quota included), no spinning.
+        session = open_session(model.graph, str(model.serving.get("target", "cpu")), physical_cores(), spinning=False)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelDirError(f"{model.graph}: cannot load ({str(exc).splitlines()[0]})") from None
+    return batched_probs(
+        {"onnx": lambda ids, mask: onnx_probs(session, ids, mask)}, model.encoder(), texts, batch_size, progress
+    )["onnx"]
+
+
 def checkpoint_scorer(checkpoint: Path, texts: list[str], batch_size: int) -> Callable[[], np.ndarray]:
-    """PyTorch fp32 on the CPU, fed the ids the server would make (the checkpoint's truncation)."""
-
-    def score() -> np.ndarray:
-        from exporter.export import load_checkpoint
-
-        ckpt = load_checkpoint(checkpoint)
-        model = ckpt.model.float()
-        return batched_probs(
-            {"pytorch": lambda ids, mask: torch_probs(model, ids, mask)}, ckpt.encoder(), texts, batch_size
-        )["pytorch"]
-
-    return score
+    return lambda: checkpoint_probs(checkpoint, texts, batch_size)[0]
 
 
 def model_dir_scorer(model_dir: Path, texts: list[str], batch_size: int) -> Callable[[], np.ndarray]:
-    """A model directory's graph, fed its own serving tokenizer's ids."""
-
-    def score() -> np.ndarray:
-        model = read_model_dir(model_dir)
-        # The server's session settings: its core count (cgroup quota included), no spinning.
-        session = open_session(model.graph, str(model.serving.get("target", "cpu")), physical_cores(), spinning=False)
-        return batched_probs(
-            {"onnx": lambda ids, mask: onnx_probs(session, ids, mask)}, model.encoder(), texts, batch_size
-        )["onnx"]
-
-    return score
+    return lambda: model_dir_probs(read_model_dir(model_dir), texts, batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:

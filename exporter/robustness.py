@@ -30,11 +30,10 @@ from core import cli
 from core.checkpoint import CheckpointError
 from core.cli import opt
 from core.labels import LABELS
-from core.layout import physical_cores
 from core.modeldir import ROBUSTNESS_FILE, ROBUSTNESS_MARKDOWN, ModelDir, ModelDirError, read_model_dir
 from core.tokenization import TextEncoder, clean_text
 from exporter import slices
-from exporter.compare import batched_probs, onnx_probs, open_session, torch_probs
+from exporter.accuracy import checkpoint_probs, model_dir_probs
 from exporter.robustness_report import ENGINE_TITLES, FLAG_POINTS, flag_lines, markdown, pct, row
 
 PROG = "python -m exporter.robustness"
@@ -132,36 +131,14 @@ class Progress:
 
 def onnx_predictions(model: ModelDir, texts: list[str], batch_size: int) -> np.ndarray:
     """The served graph's labels (names), on its own serving tokenizer's ids."""
-    try:
-        # The server's session settings: its core count (cgroup quota included), no spinning.
-        session = open_session(model.graph, str(model.serving.get("target", "cpu")), physical_cores(), spinning=False)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ModelDirError(f"{model.graph}: cannot load ({str(exc).splitlines()[0]})") from None
-    probs = batched_probs(
-        {"onnx": lambda ids, mask: onnx_probs(session, ids, mask)},
-        model.encoder(),
-        texts,
-        batch_size,
-        Progress("onnx", len(texts)),
-    )["onnx"]
+    probs = model_dir_probs(model, texts, batch_size, Progress("onnx", len(texts)))
     return np.asarray(model.labels)[probs.argmax(-1)]
 
 
 def torch_predictions(checkpoint: Path, texts: list[str], batch_size: int) -> np.ndarray:
     """The checkpoint's labels with PyTorch fp32 on the CPU, on the ids the server would make."""
-    from exporter.export import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    model = ckpt.model.float()
-    probs = batched_probs(
-        {"pytorch": lambda ids, mask: torch_probs(model, ids, mask)},
-        ckpt.encoder(),
-        texts,
-        batch_size,
-        Progress("pytorch", len(texts)),
-    )["pytorch"]
-    id2label = {int(k): str(v) for k, v in ckpt.hf_config.get("id2label", dict(enumerate(LABELS))).items()}
-    return np.asarray([id2label[i] for i in sorted(id2label)])[probs.argmax(-1)]
+    probs, labels = checkpoint_probs(checkpoint, texts, batch_size, Progress("pytorch", len(texts)))
+    return np.asarray(labels)[probs.argmax(-1)]
 
 
 def truncation_facts(model: ModelDir, texts: list[str]) -> dict[str, Any]:
