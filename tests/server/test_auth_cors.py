@@ -7,12 +7,14 @@ import asyncio
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from bench.procs import free_port
+from bench.procs import ServedProcess, server_command
 from server.app import create_app
 from server.config import ServerConfig
 
@@ -76,34 +78,24 @@ def test_a_key_file_with_no_key_stops_start_up_with_one_line(tmp_path, tiny_mode
         assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
 
 
+def key_server(model_dir: Path, key_file: Path, log_path: Path, processes: int) -> ServedProcess:
+    flags = ("--api-key-file", str(key_file), "--intra-op-threads", "1", "--processes", str(processes))
+    return ServedProcess(server_command(model_dir, *flags), log_path, ready_timeout_s=60)
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 async def test_keys_are_reread_on_sighup_and_never_logged(tmp_path, tiny_model_dir, key_file, processes):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model-dir", str(tiny_model_dir), "--port", str(port)]
-            + ["--api-key-file", str(key_file), "--intra-op-threads", "1", "--processes", str(processes)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
+    server = key_server(tiny_model_dir, key_file, log_path, processes).start()
+    proc = server.proc
+    assert proc is not None
     try:
         # A new connection per request: with two processes the kernel spreads them over both.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-            for _ in range(300):
-                try:
-                    async with session.get(url + "/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
 
             async def status(key: str) -> int:
                 async with session.post(
-                    url + "/v1/predict", json=REVIEW, headers={"Authorization": f"Bearer {key}"}
+                    server.url + "/v1/predict", json=REVIEW, headers={"Authorization": f"Bearer {key}"}
                 ) as r:
                     return r.status
 
@@ -121,8 +113,8 @@ async def test_keys_are_reread_on_sighup_and_never_logged(tmp_path, tiny_model_d
             await asyncio.sleep(0.5)
             assert await status("key-three") == 200 and proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        code, _ = server.stop(timeout_s=30)
+    assert code == 0
     log_text = log_path.read_text()
     assert "reloaded" in log_text and "not reloaded" in log_text
     assert "key-one" not in log_text and "key-three" not in log_text
@@ -171,39 +163,29 @@ def test_a_bad_origin_is_refused_by_the_settings(origin):
         ServerConfig(cors_allow_origin=[origin])
 
 
-async def test_sighup_while_the_processes_start_kills_none_of_them(tmp_path, tiny_model_dir, key_file):
-    port = free_port()
+def test_sighup_while_the_processes_start_kills_none_of_them(tmp_path, tiny_model_dir, key_file):
     log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model-dir", str(tiny_model_dir), "--port", str(port)]
-            + ["--api-key-file", str(key_file), "--intra-op-threads", "1", "--processes", "2"],
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
-    try:
+    server = key_server(tiny_model_dir, key_file, log_path, 2)
+
+    def hang_up_while_starting() -> None:
         # Once the parent supervises, while its children import and load (a handled signal would
         # be reset to its default, exit, by exec).
-        for _ in range(300):
-            if "server process 1 started" in log_path.read_text():
+        for _ in range(1500):
+            if server.proc is not None and log_path.is_file() and "server process 1 started" in log_path.read_text():
                 break
-            await asyncio.sleep(0.02)
+            time.sleep(0.02)
         for _ in range(8):
-            proc.send_signal(signal.SIGHUP)
-            await asyncio.sleep(0.1)
-        async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+            if server.proc is not None:
+                server.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.1)
+
+    sender = threading.Thread(target=hang_up_while_starting)
+    sender.start()
+    try:
+        server.start()  # waits for /readyz meanwhile
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
+        sender.join()
+        code, _ = server.stop(timeout_s=30)
     text = log_path.read_text()
     assert code == 0, text[-2000:]
     assert "starting it again" not in text and "killed by" not in text, text[-2000:]
