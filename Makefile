@@ -123,7 +123,7 @@ bench-overload: $(STAMP)
 	$(PY) -m bench --overload --model-dir $(MODEL_DIR) --checkpoint $(CHECKPOINT) $(BENCH_ARGS)
 
 demo: $(STAMP)
-	@echo ">> demo: install, data, short CPU fine-tune, export, serve, query, load test"
+	@echo ">> demo: install, data, fine-tune (this machine's recipe), export, baseline, serve, query, load test"
 	$(PY) -m demo
 
 test-container: $(STAMP)

@@ -6,6 +6,7 @@ import sys
 
 from bench import procs
 from demo.config import DemoConfig
+from demo.recipes import Recipe
 
 
 def data_command(cfg: DemoConfig) -> list[str]:
@@ -16,8 +17,8 @@ def data_command(cfg: DemoConfig) -> list[str]:
 
 
 def baseline_command(cfg: DemoConfig) -> list[str]:
-    """TF-IDF + logistic regression on the full train split, scored on the demo's own test reviews:
-    the same --max-eval-samples cap and seed as the demo's training run select the same reviews."""
+    """TF-IDF + logistic regression on the full train split, scored on every test review: the ones the
+    export's --test-accuracy scores the served model on."""
     return [
         sys.executable,
         "-m",
@@ -27,21 +28,22 @@ def baseline_command(cfg: DemoConfig) -> list[str]:
         str(cfg.data_dir),
         "--output-dir",
         str(cfg.report_dir / "baseline"),
-        "--max-eval-samples",
-        str(cfg.eval_samples),
     ]
 
 
-def train_command(cfg: DemoConfig) -> list[str]:
+def train_command(cfg: DemoConfig, recipe: Recipe) -> list[str]:
+    """--train-samples when given, else the recipe's count (none: the whole train split)."""
     sets = {
-        "max_train_samples": cfg.train_samples,
+        "max_train_samples": cfg.train_samples or recipe.train_samples,
         "max_eval_samples": cfg.eval_samples,
         "max_length": cfg.max_length,
         "head_tokens": cfg.max_length // 2,
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
-        "warmup_ratio": 0.1,
+        "warmup_ratio": 0.06,
+        "hidden_dropout": cfg.dropout,
+        "attention_dropout": cfg.dropout,
         "early_stopping_patience": 0,
         "save_state_every_steps": 0,
         "log_every_steps": 10,
@@ -79,6 +81,7 @@ def export_command(cfg: DemoConfig) -> list[str]:
         str(cfg.data_dir),
         "--eval-samples",
         str(cfg.eval_samples),
+        "--test-accuracy",
     ]
 
 

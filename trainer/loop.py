@@ -23,7 +23,7 @@ from trainer.data import DataError, Encoded, Splits, accumulation_groups, encode
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
 from trainer.evaluate import evaluate, labelled_batch, reload_check
 from trainer.metrics import save_plots
-from trainer.model import load_checkpoint, load_model, load_tokenizer, save_checkpoint
+from trainer.model import load_checkpoint, load_model, load_tokenizer, model_overrides, save_checkpoint
 from trainer.optim import StepPlan, make_scheduler, optimizer_step, param_groups
 from trainer.runtime import allow_tf32, amp_context_factory, resolve_device, resolve_precision, run_logging, set_seed
 from trainer.state import STATE_DIR, EpochMeter, Trainables, TrainState, remove_state
@@ -86,7 +86,7 @@ def _train(
         return evaluate(net, data.seqs, data.labels, encoder.pad_id, device, dist_ctx, cfg.eval_batch_size, amp_context)
 
     # -- model: DDP wraps it under torchrun; the bare model is what is saved
-    raw_model = load_model(model_path, cfg.base_model, device)
+    raw_model = load_model(model_path, cfg.base_model, device, cfg)
     model = dist_ctx.wrap(raw_model, device)
 
     # -- optimizer and schedule, in optimizer steps
@@ -140,7 +140,7 @@ def _train(
 
     # -- evaluate the checkpoint as saved: the reload check and the test numbers both come
     # from the artifact that ships, not from memory.
-    best = load_checkpoint(out, device)
+    best = load_checkpoint(out, device, model_overrides(cfg, device)["attn_implementation"])
     val, val_probs = evaluate_on(best, val_set)
     test, test_probs = evaluate_on(best, test_set)
     reload = reload_check(val_probs, state.best_val_probs, amp_dtype, best.config.id2label)

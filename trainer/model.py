@@ -37,13 +37,28 @@ def load_tokenizer(model_path: str, base_model: str) -> Any:
     return tokenizer
 
 
-def load_model(model_path: str, base_model: str, device: torch.device) -> PreTrainedModel:
+def model_overrides(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """The config keys `cfg` sets on the base model: attention kernel and any dropout override."""
+    attention = cfg.attention if cfg.attention != "auto" else ("eager" if device.type == "cpu" else "sdpa")
+    overrides: dict[str, Any] = {"attn_implementation": attention}
+    if cfg.hidden_dropout is not None:
+        overrides["hidden_dropout_prob"] = cfg.hidden_dropout
+    if cfg.attention_dropout is not None:
+        overrides["attention_probs_dropout_prob"] = cfg.attention_dropout
+    return overrides
+
+
+def load_model(model_path: str, base_model: str, device: torch.device, cfg: TrainConfig) -> PreTrainedModel:
     """The base model with a fresh two-class head labelled by core.labels, in fp32 on `device`."""
     from transformers import AutoModelForSequenceClassification
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID
+            model_path,
+            num_labels=len(ID2LABEL),
+            id2label=ID2LABEL,
+            label2id=LABEL2ID,
+            **model_overrides(cfg, device),
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"base_model {base_model}: cannot load model ({_first_line(exc)})") from None
@@ -61,8 +76,11 @@ def save_checkpoint(out: Path, model: PreTrainedModel, tokenizer: Any, cfg: Trai
     dist_ctx.barrier()
 
 
-def load_checkpoint(out: Path, device: torch.device) -> PreTrainedModel:
-    """The checkpoint as saved, the way the exporter and any user load it."""
+def load_checkpoint(out: Path, device: torch.device, attention: str | None = None) -> PreTrainedModel:
+    """The checkpoint as saved, the way the exporter and any user load it. `attention`: the kernel
+    to run it with (transformers' default when none); the reload check passes the one it trained
+    with, since under bf16 eager and SDPA attention round differently (2e-4 apart on the tiny model)."""
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(out).to(device)
+    kwargs = {"attn_implementation": attention} if attention else {}
+    return AutoModelForSequenceClassification.from_pretrained(out, **kwargs).to(device)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from bench.procs import ServedProcess
-from demo import commands, queries, tour
+from demo import commands, queries, recipes, tour
 from demo.config import DemoConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,13 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 def test_defaults_fit_a_short_cpu_run():
     cfg = parse_config([])
     assert cfg.train_config == Path("configs/minilm.yaml") and cfg.model_dir == Path("artifacts/model")
-    assert cfg.train_samples <= 3000 and cfg.max_length <= 128 and cfg.epochs == 1
+    assert cfg.train_samples == 0 and cfg.max_length <= 128 and cfg.epochs == 1 and cfg.dropout == 0
     assert cfg.run_time == "30s" and cfg.sla_p95_ms == 200 and not cfg.force
     cfg = parse_config(["--force", "--train-samples", "100", "--model-dir", "/tmp/m"])
     assert cfg.force and cfg.train_samples == 100 and cfg.model_dir == Path("/tmp/m")
 
 
-@pytest.mark.parametrize("argv", [["--users", "0"], ["--port", "70000"], ["--max-length", "8"], ["--epochs", "x"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--users", "0"], ["--port", "70000"], ["--max-length", "8"], ["--epochs", "x"], ["--train-samples", "-1"]],
+)
 def test_bad_flags_exit_2_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_config(argv)
@@ -37,16 +40,33 @@ def test_bad_flags_exit_2_with_one_line(argv, capsys):
     assert len(err) == 1 and err[0].startswith("python -m demo: error: "), err
 
 
-def test_train_command_is_accepted_by_the_trainer():
+def train_config(cfg: DemoConfig, recipe):
     from trainer.config import config_from_args, make_parser
 
-    cmd = commands.train_command(DemoConfig())
+    cmd = commands.train_command(cfg, recipe)
     assert cmd[:4] == [sys.executable, "-m", "trainer", "train"]
-    train_cfg = config_from_args(make_parser().parse_args(cmd[4:]))  # raises on an unknown key
-    assert train_cfg.max_train_samples == 2000 and train_cfg.max_eval_samples == 500
+    return config_from_args(make_parser().parse_args(cmd[4:]))  # raises on an unknown key
+
+
+def test_train_command_is_accepted_by_the_trainer():
+    train_cfg = train_config(DemoConfig(), recipes.FAST)
+    assert train_cfg.max_train_samples is None and train_cfg.max_eval_samples == 1000  # the whole split
     assert train_cfg.max_length == 128 and train_cfg.epochs == 1 and train_cfg.base_model == "packaged-minilm"
-    assert (train_cfg.batch_size, train_cfg.lr, train_cfg.head_tokens) == (16, 1e-4, 64)
+    assert (train_cfg.batch_size, train_cfg.lr, train_cfg.head_tokens, train_cfg.warmup_ratio) == (32, 1e-4, 64, 0.06)
+    assert (train_cfg.hidden_dropout, train_cfg.attention_dropout, train_cfg.precision) == (0.0, 0.0, "auto")
     assert train_cfg.output_dir == "artifacts/checkpoint"
+    assert train_config(DemoConfig(), recipes.SMALL).max_train_samples == recipes.SMALL.train_samples
+    assert train_config(DemoConfig(train_samples=700), recipes.FAST).max_train_samples == 700  # the flag wins
+
+
+def test_the_recipe_follows_the_trainers_precision():
+    assert recipes.choose("bf16") is recipes.FAST and recipes.choose("fp16") is recipes.FAST  # a GPU
+    assert recipes.choose("fp32") is recipes.SMALL
+    assert recipes.machine_precision() in ("fp32", "bf16", "fp16")
+    for recipe in (recipes.FAST, recipes.SMALL):
+        line = tour.recipe_line(DemoConfig(), recipe)
+        assert recipe.samples_text in line and recipe.measured in line and "%" in recipe.measured
+    assert tour.recipe_line(DemoConfig(train_samples=700), recipes.FAST).startswith("--train-samples 700 ")
 
 
 def test_export_server_and_loadtest_commands_are_accepted(tmp_path):
@@ -145,8 +165,8 @@ def test_serving_half_end_to_end(tmp_path, tiny_model_dir, reviews, capfd):
     code = tour.run(cfg)
     out = capfd.readouterr().out
     assert code == 0, out[-3000:]
-    for n, name in enumerate(["data", "train", "export", "serve", "query", "load", "stop"], start=1):
-        assert f"[{n}/7] {name}:" in out and f"---- {name} done in" in out
+    for n, name in enumerate(["data", "train", "export", "baseline", "serve", "query", "load", "stop"], start=1):
+        assert f"[{n}/8] {name}:" in out and f"---- {name} done in" in out
     assert "skipped: " in out and not cfg.checkpoint.exists()
     assert out.count("  truth: ") == 6 and "one request with all 6 texts" in out
     assert "PASS: requests=" in out and "drained and exited 0" in out
@@ -174,27 +194,29 @@ def test_a_broken_model_fails_the_serve_step(tmp_path, tiny_model_dir, capfd):
     out = capfd.readouterr().out
     assert code == 2
     assert "---- serve FAILED" in out and "exited with status" in out
-    assert "[6/7]" not in out and out.rstrip().splitlines()[-1] == "demo: FAIL (a step failed)"
+    assert "[7/8]" not in out and out.rstrip().splitlines()[-1] == "demo: FAIL (a step failed)"
 
 
-def test_baseline_command_is_accepted_and_scores_the_demos_test_reviews(tmp_path):
+def test_baseline_command_is_accepted_and_scores_every_test_review(tmp_path):
     from demo.commands import baseline_command
+    from exporter.config import parse_config as export_config
     from trainer.__main__ import build_parser
 
     cfg = parse_config(["--report-dir", str(tmp_path), "--eval-samples", "321"])
     cmd = baseline_command(cfg)
     assert cmd[1:4] == ["-m", "trainer", "baseline"]
     args = build_parser().parse_args(cmd[3:])  # the trainer's own parser takes it
-    assert args.max_eval_samples == 321 and str(args.output_dir) == str(tmp_path / "baseline")
+    assert args.max_eval_samples is None and str(args.output_dir) == str(tmp_path / "baseline")
+    assert export_config(commands.export_command(cfg)[3:]).test_accuracy  # the model is scored on them all too
 
 
 def test_the_summary_sets_the_model_beside_the_baseline():
     from demo.tour import FULL_RECIPE, baseline_line
 
-    line = baseline_line({"accuracy": 0.9021, "samples": 500}, {"accuracy": 0.8852})
+    line = baseline_line(0.9021, 25000, {"accuracy": 0.8852})
     assert line == (
-        "demo model (PyTorch) 0.9021 vs TF-IDF + logistic regression 0.8852 on the same 500 test reviews: "
+        "served int8 model 0.9021 vs TF-IDF + logistic regression 0.8852 on the same 25,000 test reviews: "
         "the demo model beats the baseline (+1.7 points)"
     )
-    assert "does not beat the baseline (-1.3 points)" in baseline_line({"accuracy": 0.872}, {"accuracy": 0.885})
+    assert "does not beat the baseline (-1.3 points)" in baseline_line(0.872, 500, {"accuracy": 0.885})
     assert "92.45%" in FULL_RECIPE

@@ -187,7 +187,12 @@ def test_train_cli_loss_falls_and_writes_reloadable_checkpoint(tmp_path, data_di
     out = tmp_path / "run"
     # a random tiny BERT needs ~30 updates at a high lr before it starts to fit
     code = cli_main(
-        _train_argv(data_dir, tiny_checkpoint, out, "epochs=10", "lr=5e-3", "truncation=head+tail", "head_tokens=16")
+        _train_argv(
+            data_dir,
+            tiny_checkpoint,
+            out,
+            *("epochs=10", "lr=5e-3", "truncation=head+tail", "head_tokens=16", "hidden_dropout=0.0"),
+        )
     )
     assert code == 0
     history = json.loads((out / "history.json").read_text())
@@ -227,6 +232,9 @@ def test_train_cli_loss_falls_and_writes_reloadable_checkpoint(tmp_path, data_di
 
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert model.config.id2label == {0: "negative", 1: "positive"}
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint).config
+    assert model.config.hidden_dropout_prob == 0.0 != base.hidden_dropout_prob  # the override is trained and saved
+    assert model.config.attention_probs_dropout_prob == base.attention_probs_dropout_prob
     tok = AutoTokenizer.from_pretrained(out)
     batch = tok([t for t, _ in reviews], padding=True, return_tensors="pt")
     with torch.no_grad():

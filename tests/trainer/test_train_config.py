@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,9 @@ def test_defaults_yaml_set_and_flags_precedence(tmp_path):
         ("group_by_length=maybe", "group_by_length: expected bool"),
         ("truncation=tail", "truncation must be one of"),
         ("device=tpu", "device: must be one of"),
+        ("attention=flash", "attention: must be one of"),
+        ("hidden_dropout=1.0", "hidden_dropout: must be in [0, 1) or none"),
+        ("attention_dropout=-0.1", "attention_dropout: must be in [0, 1) or none"),
         ("max_length=300", None),  # valid: no error
         ("no-equals-sign", "expected key=value"),
     ],
@@ -50,7 +54,7 @@ def test_set_values_are_typed_and_checked(item, fragment):
     if fragment is None:
         assert build_config(None, [item]).max_length == 300
         return
-    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("+", r"\+")):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
         build_config(None, [item])
 
 
@@ -131,3 +135,20 @@ def test_auto_precision_on_a_cpu_is_bf16_only_with_amx():
         {"bf16": torch.bfloat16, "fp32": None}[expected],
     )
     assert resolve_precision("fp32", torch.device("cpu")) == ("fp32", None)
+
+
+def test_model_overrides_pick_the_attention_kernel_and_dropout():
+    import torch
+
+    from trainer.model import model_overrides
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert model_overrides(TrainConfig(), cpu) == {"attn_implementation": "eager"}  # the base model's dropout
+    assert model_overrides(TrainConfig(), cuda) == {"attn_implementation": "sdpa"}
+    cfg = build_config(None, ["hidden_dropout=0", "attention_dropout=0.05", "attention=sdpa"])
+    assert model_overrides(cfg, cpu) == {
+        "attn_implementation": "sdpa",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.05,
+    }
+    assert build_config(None, ["hidden_dropout=none"]).hidden_dropout is None
