@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core import cli
 from core.cli import opt
+from server.engine import ENGINE_CHOICES
 
 ENV_PREFIX = "SENTIMENT_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -77,6 +78,18 @@ class ServerConfig:
     max_body_bytes: int = field(default=2 * 1024 * 1024, metadata=opt("largest accepted request body (413 beyond)"))
     truncate: bool = field(
         default=True, metadata=opt("truncate texts longer than the model's max_length (--no-truncate: 422 instead)")
+    )
+    # auto: every engine installed here whose graph the export's parity gate checked is timed on
+    # the same batches at start-up and the fastest kept; ONNX Runtime unless another is at
+    # least 5% faster (server/engine_choice.py). Asked for by name: that engine, or exit 2.
+    engine: str = field(
+        default="auto",
+        metadata=opt(
+            "what runs the graph: ort (ONNX Runtime), ort-openvino (ONNX Runtime's OpenVINO provider), openvino "
+            "(OpenVINO, on the export's static int8 IR), or auto: the fastest of those installed and checked "
+            "by the export, measured at start-up",
+            choices=ENGINE_CHOICES,
+        ),
     )
     # 0 = physical cores (1 on a GPU), like TorchServe's workers per model or Triton's
     # instance count. On the 2-core box, 2 workers x 1 thread did 15-20% more texts/s than
@@ -194,6 +207,8 @@ class ServerConfig:
             )
         if self.port > 65535:
             raise ValueError(f"--port must be <= 65535, got {self.port}")
+        if self.engine not in ENGINE_CHOICES:  # argparse checks the flag; this, the environment's value
+            raise ValueError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {self.engine!r}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"--log-level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if self.prediction_log is not None:
