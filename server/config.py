@@ -100,7 +100,11 @@ class ServerConfig:
     # 0 = physical cores / inference workers. The tokenizer gets one thread of its own: it
     # is a few percent of the work (~1 ms per review against ~20 ms of inference).
     intra_op_threads: int = field(
-        default=0, metadata=opt("ONNX Runtime threads per batch; 0 = physical cores / inference workers (at least 1)")
+        default=0,
+        metadata=opt(
+            "threads per batch (ONNX Runtime's intra-op threads, OpenVINO's per stream); "
+            "0 = physical cores / inference workers (at least 1)"
+        ),
     )
     inter_op_threads: int = field(
         default=1, metadata=opt("ONNX Runtime inter-op threads (graph is sequential: 1 is enough)")

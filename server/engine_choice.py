@@ -29,6 +29,7 @@ log = logging.getLogger("server.engine")
 # for the noise of a best-of-ROUNDS timing on a shared machine (chosen, not measured).
 MARGIN = 0.05
 ROUNDS = 3
+BUDGET_S = 2.0  # most seconds the timed rounds may take, all engines together (after the warm-up)
 TIMING_WIDTH = 128  # word pieces: about the mean IMDB review (123 in the issue's measurement)
 
 Builder = Callable[[str], Engine]
@@ -87,21 +88,31 @@ def dummy_batch(rows: int, width: int, specials: SpecialIds) -> tuple[np.ndarray
 
 
 def measure(
-    engines: Mapping[str, Engine], shapes: list[tuple[int, int]], specials: SpecialIds, rounds: int = ROUNDS
+    engines: Mapping[str, Engine],
+    shapes: list[tuple[int, int]],
+    specials: SpecialIds,
+    rounds: int = ROUNDS,
+    budget_s: float = BUDGET_S,
 ) -> dict[str, float | str]:
-    """Each engine's seconds for one batch of every shape, the best of `rounds` per shape, or
-    why it failed. Warmed up first (a first run sets kernels up); rounds interleave the
-    engines, so that a busy moment of a shared machine falls on all of them alike."""
+    """Each engine's seconds for one batch of every shape, the best of up to `rounds` per shape,
+    or why it failed. Warmed up first (a first run sets kernels up); the rounds interleave the
+    engines, so that a busy moment of a shared machine falls on all of them alike, and are
+    fewer (at least one) where the warm-up says they would take more than `budget_s`."""
     batches = [dummy_batch(rows, width, specials) for rows, width in shapes]
     outcomes: dict[str, float | str] = {}
     live = dict(engines)
+    round_s = 0.0  # a round's cost, from the warm-up (an overestimate: first runs are slower)
     for name, engine in list(live.items()):
+        started = time.perf_counter()
         try:
             for ids, mask in batches:
                 engine.run(ids, mask)
         except Exception as exc:  # an engine that cannot run is skipped, whatever it raised
             outcomes[name] = f"failed to run: {first_line(exc)}"
             del live[name]
+            continue
+        round_s += time.perf_counter() - started
+    rounds = max(1, min(rounds, int(budget_s / round_s) if round_s > 0 else rounds))
     best = {name: [float("inf")] * len(batches) for name in live}
     for _ in range(rounds):
         for name, engine in live.items():

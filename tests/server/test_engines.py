@@ -171,6 +171,22 @@ def test_measure_interleaves_rounds_and_reports_a_failing_engine():
     assert fast.runs == 2 + 2 * 2
 
 
+def test_measure_runs_fewer_rounds_where_the_warm_up_says_they_would_be_long():
+    slow = FakeEngine("ort", 2e-3)  # 32 ms a batch of 16 tokens
+    outcomes = measure({"ort": slow}, [(1, 16)], SPECIALS, rounds=5, budget_s=0.05)
+    assert isinstance(outcomes["ort"], float) and slow.runs == 1 + 1  # the warm-up, then one round
+
+
+def test_the_server_imports_no_engine_runtime_it_does_not_use(tiny_model_dir):
+    code = (
+        "import sys; from server.config import ServerConfig; from server.model import load_model; "
+        f"load_model(ServerConfig(model_dir={str(tiny_model_dir)!r})); "
+        "bad = sorted({'openvino', 'torch', 'transformers'} & set(sys.modules)); print(bad); assert not bad"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr  # auto there: only ONNX Runtime was checked
+
+
 # --- the real engines on the tiny model -------------------------------------------------------
 
 
