@@ -87,9 +87,10 @@ def build_engine(
 
     # `run` is thread-safe, but a session has one intra-op pool that concurrent runs share:
     # workers that each want their own threads need their own session. Single-threaded runs
-    # compute on the caller's thread, so one session serves any number of workers.
-    sessions = workers if threads > 1 else 1
+    # compute on the caller's thread, so one session serves any number of workers; not with the
+    # OpenVINO provider, whose session runs on its own stream of threads.
     provider = "openvino" if name == "ort-openvino" else ("cuda" if gpu else "cpu")
+    sessions = workers if threads > 1 or provider == "openvino" else 1
     return OrtEngine(model, threads, inter_op_threads, sessions, provider)
 
 

@@ -217,6 +217,18 @@ def test_an_engine_that_is_not_installed_is_named_with_its_install_line(tiny_mod
         build_engine("ort-openvino", read_model_dir(tiny_model_dir), 1, 1)
 
 
+def test_onnx_runtimes_openvino_provider_gives_its_cpu_labels(tiny_model_dir, reviews):
+    reason = not_installed("ort-openvino")
+    if reason is not None:
+        pytest.skip(reason)
+    model = read_model_dir(tiny_model_dir)
+    engine = build_engine("ort-openvino", model, workers=2, threads=1)
+    assert engine.info["providers"][0] == "OpenVINOExecutionProvider" and engine.info["sessions"] == 2
+    seqs = encoded(tiny_model_dir, [text for text, _ in reviews])
+    reference = OnnxRunner(model, intra_op_threads=1).predict(seqs)
+    assert_same_labels(OnnxRunner(model, engine=engine).predict(seqs), reference)
+
+
 def run_server(*args: str, preamble: str = "") -> subprocess.CompletedProcess:
     code = f"import sys; {preamble}from server.__main__ import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
