@@ -11,6 +11,10 @@ reliability.png       optional: the reliability diagram of a calibrated export
 robustness.json       optional, written later by `python -m exporter.robustness` (with
                       robustness.md): accuracy on slices of the test set; GET /v1/model shows
                       its summary. A new export replaces the directory, and drops it.
+openvino_model.xml    optional, with openvino_model.bin: the static int8 OpenVINO IR of
+                      `python -m exporter --openvino-int8`, gated like model.onnx; the server's
+                      openvino engine reads it instead of model.onnx. The export report's
+                      `engines` block says which engine ran which graph through the parity gate.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ EXPORTED_FILES = (*MODEL_FILES, REPORT_FILE)  # what the exporter writes, nothin
 RELIABILITY_FILE = "reliability.png"  # ...but this, where it fitted a temperature
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_MARKDOWN = "robustness.md"
+OPENVINO_FILES = ("openvino_model.xml", "openvino_model.bin")  # optional, both or neither
 # No truncation mode: encode everything, then let the caller refuse texts over max_length.
 NO_LIMIT = 1 << 30
 
@@ -64,6 +69,21 @@ class ModelDir:
     @property
     def graph(self) -> Path:
         return self.path / "model.onnx"
+
+    @property
+    def openvino_ir(self) -> Path | None:
+        """The static int8 OpenVINO IR's .xml (its .bin beside it), None where the export wrote none."""
+        xml = self.path / OPENVINO_FILES[0]
+        return xml if xml.is_file() else None
+
+    def checked_engines(self) -> dict[str, dict[str, Any]]:
+        """export_report.json's `engines` block: engine name -> the graph it ran and its parity
+        figures, for each engine the export gate checked. A directory exported before engines
+        were recorded was checked on ONNX Runtime's CPU provider only (its `parity` block)."""
+        block = self.report.get("engines")
+        if isinstance(block, dict):
+            return {str(k): v for k, v in block.items() if isinstance(v, dict)}
+        return {"ort": {"graph": "model.onnx", **self.parity_summary()}} if self.report.get("parity") else {}
 
     def encoder(self, truncate: bool = True) -> TextEncoder:
         """The serving tokenizer. `truncate=False` encodes whole texts (the caller refuses the
@@ -130,6 +150,9 @@ def read_model_dir(model_dir: str | Path) -> ModelDir:
     missing = [name for name in MODEL_FILES if not (path / name).is_file()]
     if missing:
         raise ModelDirError(f"model directory {path} lacks {', '.join(missing)}")
+    ir = [name for name in OPENVINO_FILES if (path / name).is_file()]
+    if len(ir) == 1:
+        raise ModelDirError(f"model directory {path} has {ir[0]} without {set(OPENVINO_FILES).difference(ir).pop()}")
     try:
         config = json.loads((path / "config.json").read_text())
         report_path = path / REPORT_FILE

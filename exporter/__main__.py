@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from core.modeldir import EXPORTED_FILES, RELIABILITY_FILE
+from core.modeldir import EXPORTED_FILES, OPENVINO_FILES, RELIABILITY_FILE
 from exporter.config import ExportConfig, parse_config
 from exporter.export import Checkpoint, CheckpointError, export_onnx, load_checkpoint
 
@@ -188,6 +188,18 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
     pytorch_probs, onnx_logits = parity.score_eval_set(ckpt.model, session, encoder, eval_set)
     parity_result = parity.parity_report(pytorch_probs, onnx_logits, eval_set)
     parity_result["providers"] = session.get_providers()
+    engines = {
+        "ort": report.engine_record(
+            model_path.name, cfg.resolved_quantization, dict(parity_result), providers=session.get_providers()
+        )
+    }
+    if cfg.openvino_int8:
+        from exporter import static_int8
+
+        engines["openvino"] = static_int8.build_and_check(
+            work / "fp32" / "model.onnx", stage, encoder, eval_set, pytorch_probs, cfg
+        )
+        steps.append(f"{engines['openvino']['method']}: {OPENVINO_FILES[0]} (openvino engine)")
     temperature, calibration = fit_calibration(cfg, eval_set, onnx_logits)
     log.info("measuring latency (batch %s, seq %d)", compare.LATENCY_BATCH_SIZES, compare.LATENCY_SEQ_LEN)
     latency_result = compare.measure_latency(
@@ -217,6 +229,8 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
         parity_result.update(test_accuracy(logits, eval_set))
 
     sizes = {"model.onnx": model_path.stat().st_size, "fp32_export.onnx": (work / "fp32" / "model.onnx").stat().st_size}
+    if cfg.openvino_int8:
+        sizes.update({name: (stage / name).stat().st_size for name in OPENVINO_FILES})
     result = report.build_report(
         checkpoint=ckpt.path,
         training_config=ckpt.training_config,
@@ -232,10 +246,21 @@ def export(cfg: ExportConfig, ckpt: Checkpoint, eval_set, stage: Path, work: Pat
         steps=steps,
         reference=report.input_reference(encoder, eval_set, ckpt.hf_config.get("id2label", {})),
         calibration=calibration,
+        engines=engines,
     )
+    if cfg.openvino_int8:
+        from exporter import static_int8
+
+        result["versions"].update(static_int8.versions())
     (stage / "export_report.json").write_text(json.dumps(result, indent=2) + "\n")
     written = sorted(p.name for p in stage.iterdir())
-    expected = sorted([*MODEL_FILES, *([RELIABILITY_FILE] if temperature is not None else [])])
+    expected = sorted(
+        [
+            *MODEL_FILES,
+            *([RELIABILITY_FILE] if temperature is not None else []),
+            *(OPENVINO_FILES if cfg.openvino_int8 else ()),
+        ]
+    )
     if written != expected:  # the server's contract: these files and nothing else
         raise RuntimeError(f"model directory would hold {written}, expected {expected}")
     return result
@@ -249,6 +274,14 @@ def _calibration_line(block: dict) -> str:
     return f"temperature {block['temperature']:.4f}, ECE {name} {split['ece_before']:.4f} -> {split['ece_after']:.4f}"
 
 
+def _engine_line(name: str, record: dict) -> str:
+    figures = record["parity"]
+    return (
+        f"; {name} {record['graph']} {record['quantization']}: agreement {figures['label_agreement']:.4f}, "
+        f"accuracy {figures['onnx_accuracy']}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
@@ -257,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     from exporter.parity import EvalDataError, gate_failures, load_eval_set
 
     try:
+        if cfg.openvino_int8:
+            from exporter import static_int8
+
+            if reason := static_int8.missing():
+                raise UsageError(reason)
         _check_output_dir(cfg.output_dir)
         ckpt = load_checkpoint(cfg.checkpoint)
         # before the export: a wrong --eval-data should fail in seconds, not minutes
@@ -264,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         held_out = cfg.calibration_test_samples if cfg.calibrate else 0
         if cfg.test_accuracy:  # every test review: the calibration's test figures then use them all too
             held_out = sys.maxsize
-        eval_set = load_eval_set(cfg.eval_data, cfg.eval_samples, cfg.seed, vocab, ckpt.training_config, held_out)
+        train = cfg.openvino_calibration_samples if cfg.openvino_int8 else 0
+        eval_set = load_eval_set(
+            cfg.eval_data, cfg.eval_samples, cfg.seed, vocab, ckpt.training_config, held_out, train
+        )
     except (CheckpointError, UsageError, EvalDataError) as exc:
         return _fail(str(exc), 2)
 
@@ -287,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             log.debug("export failed", exc_info=True)
             return _fail(f"export failed: {type(exc).__name__}: {_first_line(exc)}", 1)
         reasons = gate_failures(result["parity"], cfg.max_accuracy_drop, cfg.min_agreement)
+        for name, record in result["engines"].items():  # every other engine's graph passes the same gate
+            if name != "ort":
+                failures = gate_failures(record["parity"], cfg.max_accuracy_drop, cfg.min_agreement)
+                reasons += [f"{name} ({record['graph']}): {reason}" for reason in failures]
         if reasons:
             return _fail("parity gate failed, nothing written: " + "; ".join(reasons), 1)
         try:
@@ -305,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         f"accuracy pytorch {p['pytorch_accuracy']} onnx {p['onnx_accuracy']}, "
         f"max|dp| {p['max_abs_prob_diff']:.4f}, latency b1 {lat['1']['median_ms']} ms b32 {lat['32']['median_ms']} ms, "
         + _calibration_line(result["calibration"])
+        + "".join(_engine_line(name, record) for name, record in result["engines"].items() if name != "ort")
     )
     return 0
 

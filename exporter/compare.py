@@ -70,6 +70,24 @@ def onnx_logits(session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, onnx_feed(session, ids, mask))[0], dtype=np.float32)
 
 
+def open_openvino(path: Path, threads: int = 0) -> Any:
+    """The OpenVINO IR (or ONNX graph) at `path` compiled for the CPU as the server's openvino
+    engine compiles it, OpenVINO choosing the inference precision (bf16 on a CPU with AMX)."""
+    import openvino as ov
+
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return ov.Core().compile_model(str(path), "CPU", config)
+
+
+def openvino_logits(compiled: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A compiled OpenVINO model's logits for one padded batch, float32."""
+    names = {i.get_any_name() for i in compiled.inputs}
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    return np.array(compiled({k: v for k, v in feed.items() if k in names})[0], dtype=np.float32)
+
+
 def onnx_probs(session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return softmax(onnx_logits(session, ids, mask))
 

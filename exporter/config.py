@@ -17,6 +17,7 @@ TARGETS = ("cpu", "gpu")
 QUANTIZATIONS = ("auto", "int8", "fp16", "none")
 OPTIMIZATIONS = ("none", "O1", "O2", "O3")
 ISAS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
+OPENVINO_PRESETS = ("mixed", "performance")  # exporter/static_int8.py's NNCF presets
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,25 @@ class ExportConfig:
     quantize_embeddings: bool = field(
         default=True,
         metadata=opt("int8 embedding tables too (they are half of a MiniLM's weights)"),
+    )
+    openvino_int8: bool = field(
+        default=False,
+        metadata=opt(
+            "also write a static int8 OpenVINO IR (openvino_model.xml/.bin, the server's openvino engine): NNCF "
+            "quantizes the fp32 export, calibrated on training reviews, and the IR passes the same parity gate "
+            "(needs the openvino extra)"
+        ),
+    )
+    openvino_preset: str = field(
+        default="mixed",
+        metadata=opt(
+            "NNCF preset of --openvino-int8: mixed (symmetric weights, asymmetric activations) or performance "
+            "(symmetric both)",
+            choices=OPENVINO_PRESETS,
+        ),
+    )
+    openvino_calibration_samples: int = field(
+        default=300, metadata=opt("training reviews --openvino-int8 calibrates the activation ranges on")
     )
     eval_data: Path | None = field(
         default=None,
@@ -100,6 +120,10 @@ class ExportConfig:
             raise ValueError(f"--latency-repeats must be >= 1, got {self.latency_repeats}")
         if self.threads < 0:
             raise ValueError(f"--threads must be >= 0, got {self.threads}")
+        if self.openvino_calibration_samples < 1:
+            raise ValueError(f"--openvino-calibration-samples must be >= 1, got {self.openvino_calibration_samples}")
+        if self.openvino_int8 and self.target == "gpu":
+            raise ValueError("--openvino-int8 is for --target cpu (OpenVINO's engine runs on the CPU)")
         if self.target == "gpu" and self.resolved_quantization == "int8":
             raise ValueError("--quantize int8 is for --target cpu; the gpu target uses fp16 or none")
         if self.target == "cpu" and self.resolved_quantization == "fp16":

@@ -41,6 +41,10 @@ class EvalSet:
     held_out_texts: list[str] | None = None
     held_out_labels: list[int] | None = None
     held_out_source: str | None = None
+    # Training reviews a static int8 graph's activation ranges are calibrated on (never the gate's
+    # reviews); None when not asked for or where the data has no train split apart from them.
+    train_texts: list[str] | None = None
+    train_source: str | None = None
 
 
 def load_eval_set(
@@ -50,23 +54,27 @@ def load_eval_set(
     vocab: list[str],
     training_config: dict | None = None,
     held_out: int = 0,
+    train: int = 0,
 ) -> EvalSet:
     """`n` labelled held-out reviews, or random text when no data is available.
 
     `training_config` (the checkpoint's) supplies the seed and validation fraction, so
     the reviews come from the validation split the trainer held out. `held_out`: as many
     test-split reviews too (where the data has a test split apart from the eval reviews).
+    `train`: as many training reviews too (`train_texts`), for a static quantizer's calibration.
     """
     explicit = data_dir is not None
     directory = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
     if directory.is_dir():
-        return _load_reviews(directory, n, seed, training_config or {}, held_out)
+        return _load_reviews(directory, n, seed, training_config or {}, held_out, train)
     if explicit:
         raise EvalDataError(f"--eval-data {directory} is not a directory")
     return _random_text(n, seed, vocab)
 
 
-def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict, held_out: int = 0) -> EvalSet:
+def _load_reviews(
+    data_dir: Path, n: int, seed: int, training_config: dict, held_out: int = 0, train: int = 0
+) -> EvalSet:
     import pandas as pd
 
     load_splits: Callable[..., Any] | None
@@ -82,6 +90,7 @@ def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict, held
             source = f"{data_dir} validation split (trainer.data.load_splits {kwargs or 'defaults'})"
             label_source = f"{data_dir} train split ({len(counted)} reviews)"
             test_source = f"{data_dir} test split"
+            training, training_source = counted, f"{data_dir} train split (trainer.data.load_splits)"
         else:
             name = next((f for f in ("validation.parquet", "test.parquet") if (data_dir / f).is_file()), None)
             if name is None:
@@ -93,6 +102,9 @@ def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict, held
             has_test = name != "test.parquet" and held_out > 0 and test_path.is_file()
             test = pd.read_parquet(test_path, columns=["text", "label"]) if has_test else None
             test_source = str(test_path)
+            train_path = data_dir / "train.parquet"  # never the eval reviews: those are validation or test
+            training = pd.read_parquet(train_path, columns=["text"]) if train > 0 and train_path.is_file() else None
+            training_source = str(train_path)
     except EvalDataError:
         raise
     except Exception as exc:
@@ -101,8 +113,15 @@ def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict, held
     # files are sorted by label: sample, never take the head
     frame = frame.sample(n=min(n, len(frame)), random_state=seed)
     texts, labels = frame["text"].astype(str).tolist(), frame["label"].astype(int).tolist()
+    calibration: dict[str, Any] = {}
+    if train > 0 and training is not None and len(training) > 0:
+        training = training.sample(n=min(train, len(training)), random_state=seed)
+        calibration = {
+            "train_texts": training["text"].astype(str).tolist(),
+            "train_source": f"{training_source} ({len(training)} reviews sampled, seed {seed})",
+        }
     if held_out <= 0 or test is None or len(test) == 0:
-        return EvalSet(texts, labels, source, counts, label_source)
+        return EvalSet(texts, labels, source, counts, label_source, **calibration)
     test = test.sample(n=min(held_out, len(test)), random_state=seed)
     return EvalSet(
         texts,
@@ -113,6 +132,7 @@ def _load_reviews(data_dir: Path, n: int, seed: int, training_config: dict, held
         held_out_texts=test["text"].astype(str).tolist(),
         held_out_labels=test["label"].astype(int).tolist(),
         held_out_source=f"{test_source} ({len(test)} reviews sampled, seed {seed})",
+        **calibration,
     )
 
 

@@ -101,6 +101,12 @@ def serving_block(
     return block
 
 
+def engine_record(graph: str, quantization: str, parity: dict, **facts: Any) -> dict:
+    """One entry of the report's `engines` block: the graph an engine ran, its parity figures
+    (parity_report's: `onnx_accuracy` is the engine's) and what else is known of the run."""
+    return {"graph": graph, "quantization": quantization, **facts, "parity": parity}
+
+
 def build_report(
     *,
     checkpoint: Path,
@@ -117,6 +123,7 @@ def build_report(
     steps: list[str],
     reference: dict | None = None,
     calibration: dict | None = None,
+    engines: dict | None = None,
 ) -> dict:
     return {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -146,4 +153,7 @@ def build_report(
         "reference": reference,
         # The temperature the server applies, ECE and accuracy before/after (exporter/calibrate.py).
         "calibration": calibration,
+        # Engine -> the graph it ran through the parity gate and its figures: what the server's
+        # --engine auto may choose among (core.modeldir.ModelDir.checked_engines).
+        "engines": engines or {},
     }

@@ -29,6 +29,7 @@ from core.modeldir import ModelDirError
 from server.app import begin_drain, create_app, wait_drained
 from server.auth import KeyFileError, read_keys
 from server.config import ServerConfig, parse_config
+from server.engine import EngineError
 from server.model import load_model
 from server.predlog import PredictionLogError
 from server.predlog import check as check_prediction_log
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     try:
         model = load_model(config)
-    except ModelDirError as exc:
+    except (ModelDirError, EngineError) as exc:  # a broken directory, an engine not installed or not loading
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -24,6 +24,7 @@ from core import cli
 from core.cli import opt
 from core.modeldir import ModelDirError
 from server.config import ServerConfig
+from server.engine import EngineError
 from server.inference import InferenceService
 from server.model import ServedModel, load_model
 
@@ -160,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = load_model(
             ServerConfig(model_dir=args.model_dir, intra_op_threads=args.intra_op_threads, inference_workers=1)
         )
-    except ModelDirError as exc:
+    except (ModelDirError, EngineError) as exc:
         return _fail(str(exc))
     texts = frame["text"].fillna("").astype(str).tolist()
     progress = Progress(len(texts))

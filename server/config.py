@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core import cli
 from core.cli import opt
+from server.engine import ENGINE_CHOICES
 
 ENV_PREFIX = "SENTIMENT_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -78,6 +79,18 @@ class ServerConfig:
     truncate: bool = field(
         default=True, metadata=opt("truncate texts longer than the model's max_length (--no-truncate: 422 instead)")
     )
+    # auto: every engine installed here whose graph the export's parity gate checked is timed on
+    # the same batches at start-up and the fastest kept; ONNX Runtime unless another is at
+    # least 5% faster (server/engine_choice.py). Asked for by name: that engine, or exit 2.
+    engine: str = field(
+        default="auto",
+        metadata=opt(
+            "what runs the graph: ort (ONNX Runtime), ort-openvino (ONNX Runtime's OpenVINO provider), openvino "
+            "(OpenVINO, on the export's static int8 IR), or auto: the fastest of those installed and checked "
+            "by the export, measured at start-up",
+            choices=ENGINE_CHOICES,
+        ),
+    )
     # 0 = physical cores (1 on a GPU), like TorchServe's workers per model or Triton's
     # instance count. On the 2-core box, 2 workers x 1 thread did 15-20% more texts/s than
     # 1 worker x 2 threads in the tight loop, and lifted open-loop capacity (docs/BENCHMARKS.md).
@@ -87,7 +100,11 @@ class ServerConfig:
     # 0 = physical cores / inference workers. The tokenizer gets one thread of its own: it
     # is a few percent of the work (~1 ms per review against ~20 ms of inference).
     intra_op_threads: int = field(
-        default=0, metadata=opt("ONNX Runtime threads per batch; 0 = physical cores / inference workers (at least 1)")
+        default=0,
+        metadata=opt(
+            "threads per batch (ONNX Runtime's intra-op threads, OpenVINO's per stream); "
+            "0 = physical cores / inference workers (at least 1)"
+        ),
     )
     inter_op_threads: int = field(
         default=1, metadata=opt("ONNX Runtime inter-op threads (graph is sequential: 1 is enough)")
@@ -194,6 +211,8 @@ class ServerConfig:
             )
         if self.port > 65535:
             raise ValueError(f"--port must be <= 65535, got {self.port}")
+        if self.engine not in ENGINE_CHOICES:  # argparse checks the flag; this, the environment's value
+            raise ValueError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {self.engine!r}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"--log-level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if self.prediction_log is not None:

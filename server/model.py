@@ -10,6 +10,8 @@ from core.layout import cuda_wanted, thread_layout, uses_cuda
 from core.modeldir import read_model_dir
 from server.config import ServerConfig
 from server.encoder import Encoder, ModelEncoder
+from server.engine import AUTO, DEFAULT_ENGINE, Engine, build_engine
+from server.engine_choice import select_engine
 from server.runner import OnnxRunner, Runner
 
 log = logging.getLogger("server.model")
@@ -22,30 +24,38 @@ class ServedModel:
 
 
 def load_model(config: ServerConfig) -> ServedModel:
-    """The model directory's encoder and runner, with the cores split among the inference workers.
+    """The model directory's encoder and runner, the runner on the engine of --engine, with the
+    cores split among the inference workers.
 
     The layout depends on the device, known for sure only once the session exists: where
     the CUDA provider is present but fails to start, ONNX Runtime falls back to the CPU, and
     the GPU's layout (one worker with every core) would meet the CPU's worker count. So a
-    session that fell back is built again with the CPU's layout.
+    session that fell back is built again with the CPU's layout (and, with auto, the CPU's
+    engines). Raises ModelDirError or EngineError, one line each.
     """
     model = read_model_dir(config.model_dir)
+    _ = model.temperature  # a bad one fails in a moment, before any engine loads
     encoder = ModelEncoder(model, config.truncate)
 
     def build(gpu: bool) -> OnnxRunner:
         workers, intra = thread_layout(config.inference_workers, config.intra_op_threads, gpu)
-        return OnnxRunner(
+
+        def engine(name: str) -> Engine:
+            return build_engine(name, model, workers, intra, config.inter_op_threads, gpu=gpu and name == "ort")
+
+        chosen, choice = select_engine(config.engine, model, engine, encoder.specials, gpu=gpu)
+        runner = OnnxRunner(
             model,
-            intra,
-            config.inter_op_threads,
-            sessions=workers if intra > 1 else 1,
             shape_bucket=config.shape_bucket,
             max_batch_size=config.max_batch_size,
             specials=encoder.specials,
-            gpu=gpu,
+            engine=chosen,
         )
+        runner.info["engine"] = {"requested": config.engine, **choice.to_dict(), **runner.info["engine"]}
+        return runner
 
-    gpu = cuda_wanted(model.serving)
+    # Only ONNX Runtime runs on a GPU; an engine asked for by name runs where it runs.
+    gpu = cuda_wanted(model.serving) and config.engine in (AUTO, DEFAULT_ENGINE)
     runner = build(gpu)
     if gpu and not uses_cuda(runner.info.get("providers", ())):
         log.warning("model exported for a GPU, but ONNX Runtime's CUDA provider did not start: serving on CPU")

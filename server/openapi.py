@@ -268,6 +268,13 @@ SPEC: dict[str, Any] = {
                         "accuracy, then each slice's name, group, size, accuracy, ci95, gap_points and flagged "
                         "(more than flag_points below the whole)",
                     },
+                    "engine": {
+                        "type": "object",
+                        "description": "what runs the graph (--engine): requested, name (ort, ort-openvino, "
+                        "openvino), reason, seconds (auto's timings of the same batches per engine), skipped "
+                        "(engine -> why not: not installed, not checked by the export, failed to load or run), "
+                        "then the engine's own facts (graph, providers or device, threads)",
+                    },
                     "batching": {"type": "object"},
                     "limits": {"type": "object"},
                 },

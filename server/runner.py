@@ -1,12 +1,12 @@
-"""Token ids -> probabilities: an ONNX Runtime session for one model directory.
+"""Token ids -> probabilities for one model directory, the graph run by an engine.
 
-The second of the two jobs behind a prediction (texts -> ids is server/encoder.py's). Imports
-only onnxruntime and numpy (and core/): the serving process never loads torch or transformers.
+The second of the two jobs behind a prediction (texts -> ids is server/encoder.py's). The
+engines (server/engine.py) import only their runtime (ONNX Runtime, OpenVINO) and numpy: the
+serving process never loads torch or transformers.
 """
 
 from __future__ import annotations
 
-import queue
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,9 +14,10 @@ import numpy as np
 
 from core.calibration import scaled_probs
 from core.layout import cuda_wanted, physical_cores, uses_cuda
-from core.modeldir import ModelDir, ModelDirError, read_model_dir
+from core.modeldir import ModelDir, read_model_dir
 from core.tokenization import SpecialIds, pad_batch
 from server.costmodel import time_batches
+from server.engine import Engine
 
 # On a GPU each new input shape costs a first run ~40x its later runs (measured on an H200:
 # 19 ms against 0.5 ms, docs/RESULTS.md), and a dynamic batcher makes a new (size, width)
@@ -37,8 +38,10 @@ class Runner(Protocol):
 
 
 class OnnxRunner:
-    """Runs the ONNX graph on padded batches of ids; returns softmax(logits / T) probabilities,
-    T the model directory's calibration temperature (none: softmax(logits))."""
+    """Runs the model directory's graph on padded batches of ids on its engine (server/engine.py);
+    returns softmax(logits / T) probabilities, T the model directory's calibration temperature
+    (none: softmax(logits)). Padding, shape buckets, warm-up, timing and `info` are the runner's;
+    the engine only runs a padded batch."""
 
     def __init__(
         self,
@@ -50,68 +53,49 @@ class OnnxRunner:
         max_batch_size: int = 32,
         specials: SpecialIds | None = None,
         gpu: bool | None = None,
+        engine: Engine | None = None,
     ) -> None:
         """`specials`: the tokenizer's [CLS]/[SEP]/[PAD] ids (read from the directory's
         tokenizer when not given), for padding batches and framing the warm-up's inputs.
-        `gpu`: ask for the CUDA provider (default: where the model was exported for a GPU and
-        this ONNX Runtime has the provider)."""
-        import onnxruntime as ort
-
+        `engine`: what runs the graph (server.model.load_model picks it per --engine); default
+        ONNX Runtime with `intra_op_threads`, `inter_op_threads` and `sessions`, on the CUDA
+        provider where `gpu` (default: where the model was exported for a GPU and this ONNX
+        Runtime has the provider)."""
         model = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
         serving = model.serving
         self.labels = model.labels
         truncation = model.truncation
         self.max_length = truncation.max_length
-        self.temperature = model.temperature  # before the sessions: a bad one fails in a moment
+        self.temperature = model.temperature  # before the engine: a bad one fails in a moment
         self.specials = specials or model.encoder().specials
+        if engine is None:
+            from server.engine_ort import OrtEngine
 
-        self.intra_op_threads = intra_op_threads or physical_cores()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle ORT threads otherwise spin for a while after each run, stealing the cores the
-        # event loop and the tokenizer thread need between batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        gpu = cuda_wanted(serving) if gpu is None else gpu
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
-        # `run` is thread-safe, but a session has one intra-op pool that concurrent runs share:
-        # workers that each want their own threads need their own session (weights loaded once
-        # per session; ~23 MB for int8 MiniLM). Single-threaded runs compute on the caller's
-        # thread, so one session serves any number of workers.
-        try:
-            all_sessions = [
-                ort.InferenceSession(str(model.graph), options, providers=providers) for _ in range(max(1, sessions))
-            ]
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelDirError(f"{model.graph}: cannot load ({str(exc).splitlines()[0]})") from None
-        self.session = all_sessions[0]
-        # With several sessions, each run borrows one; a single session is shared, unlocked.
-        self._sessions: queue.SimpleQueue[Any] | None = None
-        if len(all_sessions) > 1:
-            self._sessions = queue.SimpleQueue()
-            for session in all_sessions:
-                self._sessions.put(session)
+            gpu = cuda_wanted(serving) if gpu is None else gpu
+            threads = intra_op_threads or physical_cores()
+            engine = OrtEngine(model, threads, inter_op_threads, sessions, "cuda" if gpu else "cpu")
+        self.engine = engine
+        providers = list(engine.info.get("providers", []))
         # 1 = off: pad each batch to its longest text only.
-        self.shape_bucket = shape_bucket or (GPU_SHAPE_BUCKET if uses_cuda(self.session.get_providers()) else 1)
+        self.shape_bucket = shape_bucket or (GPU_SHAPE_BUCKET if uses_cuda(providers) else 1)
         self.max_batch_size = max_batch_size
-        self.input_names = {i.name for i in self.session.get_inputs()}
-        self._output = self.session.get_outputs()[0].name
         self.info = {
             "model_name": serving.get("model_name", model.path.name),
             "model_version": str(serving.get("model_version", "unknown")),
-            "quantization": serving.get("quantization", "unknown"),
+            # the graph the engine runs (the OpenVINO IR is static int8; model.onnx as exported)
+            "quantization": engine.info.get("quantization", serving.get("quantization", "unknown")),
             "optimization": serving.get("optimization", "unknown"),
             "target": serving.get("target", "cpu"),
             "labels": list(self.labels),
             "max_length": self.max_length,
             "truncation": truncation.to_dict(),
-            "providers": self.session.get_providers(),
-            "intra_op_threads": self.intra_op_threads,
-            "sessions": len(all_sessions),
-            "inter_op_threads": inter_op_threads,
+            "providers": providers,
+            "intra_op_threads": engine.info.get("intra_op_threads"),
+            "sessions": engine.info.get("sessions", engine.info.get("requests", 1)),
+            "inter_op_threads": engine.info.get("inter_op_threads", inter_op_threads),
             "shape_bucket": self.shape_bucket,
+            # Which engine runs the graph, on what, and (server.model) why it was chosen.
+            "engine": dict(engine.info),
             "parity": model.parity_summary(),
             # The training data's label share (export_report.json's reference): the drift gauge's.
             "label_share": model.label_share(),
@@ -127,17 +111,7 @@ class OnnxRunner:
             ids, mask = pad_batch(seqs, self.specials.pad_id, self.shape_bucket, rows, self.max_length)
         else:
             ids, mask = pad_batch(seqs, self.specials.pad_id)
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = np.zeros_like(ids)
-        if self._sessions is None:
-            (logits,) = self.session.run([self._output], feed)
-        else:
-            session = self._sessions.get()  # never waits with sessions >= concurrent callers
-            try:
-                (logits,) = session.run([self._output], feed)
-            finally:
-                self._sessions.put(session)
+        logits = self.engine.run(ids, mask)
         return scaled_probs(logits[: len(seqs)], self.temperature)
 
     def warmup_shapes(self) -> list[tuple[int, int]]:

@@ -59,3 +59,37 @@ def tiny_model_dir(tmp_path_factory, tiny_checkpoint) -> Path:
     )
     assert code == 0, "tiny model export failed"
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_openvino_model_dir(tmp_path_factory, tiny_checkpoint) -> Path:
+    """The tiny model directory with the static int8 OpenVINO IR beside model.onnx
+    (`--openvino-int8`, calibrated on 32 training reviews where data/imdb is present). Skipped
+    where the openvino extra (openvino, nncf) is not installed."""
+    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    pytest.importorskip("nncf", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    from exporter.__main__ import main as export_main
+
+    out = tmp_path_factory.mktemp("openvino") / "model"
+    code = export_main(
+        [
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--output-dir",
+            str(out),
+            "--eval-samples",
+            "16",
+            "--max-accuracy-drop",
+            "100",
+            "--min-agreement",
+            "0",
+            "--no-calibrate",
+            "--openvino-int8",
+            "--openvino-calibration-samples",
+            "32",
+            "--latency-repeats",
+            "2",
+        ]
+    )
+    assert code == 0, "tiny model export with --openvino-int8 failed"
+    return out

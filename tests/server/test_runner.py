@@ -1,4 +1,5 @@
-"""OnnxRunner on the tiny exported model, and its one-line errors for broken model directories."""
+"""OnnxRunner on the tiny exported model (on its default engine, ONNX Runtime), and its one-line
+errors for broken model directories."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def test_runner_reads_the_model_directory(tiny_model_dir):
     runner = OnnxRunner(tiny_model_dir, intra_op_threads=1)
     assert runner.labels == ("negative", "positive")
     assert runner.max_length == 64 and runner.info["quantization"] == "int8"
-    assert "token_type_ids" in runner.input_names  # BERT: the runner feeds zeros
+    assert "token_type_ids" in runner.engine.input_names  # BERT: the engine feeds zeros
+    assert runner.info["engine"]["name"] == "ort" and runner.info["engine"]["graph"] == "model.onnx"
     seqs = encoder_for(tiny_model_dir).encode(["good", "word " * 200])
     assert len(seqs[1]) == 64 and seqs[0].dtype == np.int64
     probs = runner.predict(seqs)
@@ -155,7 +157,7 @@ def test_runner_with_several_sessions_answers_concurrent_callers_alike(tiny_mode
     with ThreadPoolExecutor(4) as pool:
         got = np.concatenate(list(pool.map(lambda s: runner.predict([s]), seqs)))
     assert np.allclose(got, expected, atol=1e-6)
-    assert runner._sessions.qsize() == 2  # every session went back to the pool
+    assert runner.engine._sessions.qsize() == 2  # every session went back to the pool
 
 
 def test_default_workers_one_per_core_on_cpu_one_on_gpu(monkeypatch):
@@ -223,21 +225,22 @@ def tiny_fp32_model_dir(tiny_checkpoint, tmp_path_factory):
 
 
 class ShapeRecorder:
-    """Wraps a real session and notes the input shapes it was run on."""
+    """Wraps a real engine and notes the input shapes it was run on."""
 
-    def __init__(self, session):
-        self.session, self.shapes = session, []
+    def __init__(self, engine):
+        self.engine, self.shapes = engine, []
+        self.name, self.info = engine.name, engine.info
 
-    def run(self, outputs, feed):
-        self.shapes.append(feed["input_ids"].shape)
-        return self.session.run(outputs, feed)
+    def run(self, ids, mask):
+        self.shapes.append(ids.shape)
+        return self.engine.run(ids, mask)
 
 
 def test_shape_buckets_pad_batches_to_few_shapes_with_the_same_answers(tiny_fp32_model_dir, reviews):
     plain = OnnxRunner(tiny_fp32_model_dir, intra_op_threads=1)
     assert plain.shape_bucket == 1 and plain.info["shape_bucket"] == 1  # CPU default: off
     bucketed = OnnxRunner(tiny_fp32_model_dir, intra_op_threads=1, shape_bucket=16, max_batch_size=8)
-    bucketed.session = recorder = ShapeRecorder(bucketed.session)
+    bucketed.engine = recorder = ShapeRecorder(bucketed.engine)
     seqs = encoder_for(tiny_fp32_model_dir).encode([text for text, _ in reviews[:5]])
     assert max(len(s) for s in seqs) < 64 and len({len(s) for s in seqs}) > 1
     probs = bucketed.predict(seqs)
