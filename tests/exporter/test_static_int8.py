@@ -4,6 +4,7 @@ openvino extra is missing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -57,8 +58,10 @@ def test_without_the_openvino_extra_it_is_one_line_and_exit_2(tiny_checkpoint, t
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    # nncf is hidden here; openvino is named too where it is not installed either (CI's default install)
+    absent = "nncf" if importlib.util.find_spec("openvino") is not None else "openvino and nncf"
     assert result.stderr.strip().splitlines()[-1] == (
-        "exporter: error: --openvino-int8 needs nncf (pip install '.[openvino]')"
+        f"exporter: error: --openvino-int8 needs {absent} (pip install '.[openvino]')"
     )
 
 
