@@ -16,8 +16,11 @@ for, so that the serving process loads no runtime it does not use:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-from typing import Any, Protocol
+import queue
+from collections.abc import Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -32,6 +35,38 @@ INSTALL_HINTS = {
     "openvino": "pip install '.[openvino]'",
     "ort-openvino": "pip install '.[ort-openvino]' in an environment without onnxruntime, which it replaces",
 }
+
+
+T = TypeVar("T")
+
+
+def graph_feed(input_names: set[str], ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The graph's inputs for one padded batch; BERT's segment ids are zeros (one segment)."""
+    feed = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in input_names:
+        feed["token_type_ids"] = np.zeros_like(ids)
+    return feed
+
+
+class Pool(Generic[T]):
+    """Sessions or infer requests lent one per run: with as many as concurrent callers, never waits."""
+
+    def __init__(self, items: Iterable[T]) -> None:
+        self._items: queue.SimpleQueue[T] = queue.SimpleQueue()
+        for item in items:
+            self._items.put(item)
+
+    def qsize(self) -> int:
+        """How many are not lent out now."""
+        return self._items.qsize()
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[T]:
+        item = self._items.get()
+        try:
+            yield item
+        finally:
+            self._items.put(item)
 
 
 class Engine(Protocol):

@@ -9,14 +9,13 @@ exporter's parity check of the IR ran with the same choice on its machine.
 
 from __future__ import annotations
 
-import queue
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.modeldir import ModelDir
-from server.engine import EngineError, first_line
+from server.engine import EngineError, Pool, first_line, graph_feed
 
 DEVICE = "CPU"
 # Read back from the compiled model into the engine's info: what OpenVINO made of our settings.
@@ -68,9 +67,7 @@ class OpenVinoEngine:
             raise EngineError(load_error(graph, exc)) from None
         self._compiled = compiled
         self.input_names = {i.get_any_name() for i in compiled.inputs}
-        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        for _ in range(max(1, workers)):
-            self._requests.put(compiled.create_infer_request())
+        self._requests: Pool[Any] = Pool(compiled.create_infer_request() for _ in range(max(1, workers)))
         serving = model.serving
         self.info: dict[str, Any] = {
             "name": self.name,
@@ -84,14 +81,7 @@ class OpenVinoEngine:
         }
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = np.zeros_like(ids)
-        request = self._requests.get()  # never waits with requests >= concurrent callers
-        try:
-            request.infer(feed, share_inputs=True)
+        with self._requests.borrow() as request:
+            request.infer(graph_feed(self.input_names, ids, mask), share_inputs=True)
             # The output tensor is the request's own buffer, reused by its next run: copy it out.
-            logits = np.array(request.get_output_tensor(0).data, dtype=np.float32)
-        finally:
-            self._requests.put(request)
-        return logits
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32)

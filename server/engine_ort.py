@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import queue
 from typing import Any
 
 import numpy as np
 
 from core.modeldir import ModelDir, ModelDirError
-from server.engine import OPENVINO_PROVIDER
+from server.engine import OPENVINO_PROVIDER, Pool, graph_feed
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -48,11 +47,8 @@ class OrtEngine:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelDirError(f"{model.graph}: cannot load ({str(exc).splitlines()[0]})") from None
         self.session = all_sessions[0]
-        self._sessions: queue.SimpleQueue[Any] | None = None
-        if len(all_sessions) > 1:
-            self._sessions = queue.SimpleQueue()
-            for session in all_sessions:
-                self._sessions.put(session)
+        # With several sessions, each run borrows one; a single session is shared, unlocked.
+        self._sessions: Pool[Any] | None = Pool(all_sessions) if len(all_sessions) > 1 else None
         self.input_names = {i.name for i in self.session.get_inputs()}
         self._output = self.session.get_outputs()[0].name
         self.info: dict[str, Any] = {
@@ -65,15 +61,10 @@ class OrtEngine:
         }
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.input_names:  # BERT has segment embeddings; one segment -> zeros
-            feed["token_type_ids"] = np.zeros_like(ids)
+        feed = graph_feed(self.input_names, ids, mask)
         if self._sessions is None:
             (logits,) = self.session.run([self._output], feed)
         else:
-            session = self._sessions.get()  # never waits with sessions >= concurrent callers
-            try:
+            with self._sessions.borrow() as session:
                 (logits,) = session.run([self._output], feed)
-            finally:
-                self._sessions.put(session)
         return np.asarray(logits, dtype=np.float32)

@@ -29,6 +29,17 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint")
 
 
+def export_tiny(out: Path, checkpoint: Path, *extra: str) -> Path:
+    """The real exporter on the tiny checkpoint, the parity gate opened wide and uncalibrated
+    (see tiny_model_dir), plus `extra` flags."""
+    from exporter.__main__ import main as export_main
+
+    gate = ("--eval-samples", "16", "--max-accuracy-drop", "100", "--min-agreement", "0", "--no-calibrate")
+    code = export_main(["--checkpoint", str(checkpoint), "--output-dir", str(out), *extra, *gate])
+    assert code == 0, f"tiny model export failed ({' '.join(extra)})"
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_checkpoint) -> Path:
     """int8 ONNX model directory exported from the tiny checkpoint by the real exporter.
@@ -37,28 +48,7 @@ def tiny_model_dir(tmp_path_factory, tiny_checkpoint) -> Path:
     not calibrated (the export would fit one only where data/imdb is present, and a coin-flip
     model's temperature is its search bound): the tests that want a temperature write one.
     """
-    from exporter.__main__ import main as export_main
-
-    out = tmp_path_factory.mktemp("model") / "model"
-    code = export_main(
-        [
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--output-dir",
-            str(out),
-            "--quantize",
-            "int8",
-            "--eval-samples",
-            "16",
-            "--max-accuracy-drop",
-            "100",
-            "--min-agreement",
-            "0",
-            "--no-calibrate",
-        ]
-    )
-    assert code == 0, "tiny model export failed"
-    return out
+    return export_tiny(tmp_path_factory.mktemp("model") / "model", tiny_checkpoint, "--quantize", "int8")
 
 
 @pytest.fixture(scope="session")
@@ -68,28 +58,5 @@ def tiny_openvino_model_dir(tmp_path_factory, tiny_checkpoint) -> Path:
     where the openvino extra (openvino, nncf) is not installed."""
     pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
     pytest.importorskip("nncf", reason="the openvino extra is not installed (pip install '.[openvino]')")
-    from exporter.__main__ import main as export_main
-
-    out = tmp_path_factory.mktemp("openvino") / "model"
-    code = export_main(
-        [
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--output-dir",
-            str(out),
-            "--eval-samples",
-            "16",
-            "--max-accuracy-drop",
-            "100",
-            "--min-agreement",
-            "0",
-            "--no-calibrate",
-            "--openvino-int8",
-            "--openvino-calibration-samples",
-            "32",
-            "--latency-repeats",
-            "2",
-        ]
-    )
-    assert code == 0, "tiny model export with --openvino-int8 failed"
-    return out
+    extra = ("--openvino-int8", "--openvino-calibration-samples", "32", "--latency-repeats", "2")
+    return export_tiny(tmp_path_factory.mktemp("openvino") / "model", tiny_checkpoint, *extra)
