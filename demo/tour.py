@@ -168,12 +168,14 @@ def run(cfg: DemoConfig) -> int:
             train,
         )
 
+        parity: dict = {}  # the export's parity block, which the baseline step compares with
+
         def export() -> str:
             if not build_model:
                 return "skipped: using the existing model directory"
             demo.run_command(export_command(cfg))
             report = json.loads((cfg.model_dir / "export_report.json").read_text())
-            parity = report.get("parity", {})
+            parity.update(report.get("parity", {}))
             size_mb = (cfg.model_dir / "model.onnx").stat().st_size / 1e6
             demo.notes["int8 ONNX parity"] = (
                 f"label agreement {parity.get('label_agreement', float('nan')):.4f}, ONNX accuracy "
@@ -200,7 +202,6 @@ def run(cfg: DemoConfig) -> int:
         def baseline() -> str:
             if not build_model:
                 return "skipped: no new model to compare"
-            parity = json.loads((cfg.model_dir / "export_report.json").read_text()).get("parity", {})
             demo.run_command(baseline_command(cfg))
             base = json.loads((cfg.report_dir / "baseline" / "metrics.json").read_text())["test"]
             if parity.get("test_accuracy") is not None:
