@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from bench.openloop import Start
 from server.config import ServerConfig
-from server.inference import InferenceService, startup_timings
+from server.inference import InferenceService, startup_curve
 from server.model import load_model
 
 
@@ -27,12 +27,12 @@ class InProcessServer:
         self.model = load_model(config)
         self.runner = self.model.runner
         self.runner.warmup()
-        self._timings = startup_timings(self.runner)
+        self._curve = startup_curve(self.runner)
         self._config = config
         self.service: InferenceService | None = None
 
     async def __aenter__(self) -> InProcessServer:
-        self.service = InferenceService(self.model.encoder, self.runner, self._config, timings=self._timings)
+        self.service = InferenceService(self.model.encoder, self.runner, self._config, curve=self._curve)
         await self.service.start()
         return self
 

@@ -29,12 +29,13 @@ from core.modeldir import ModelDirError
 from server.app import begin_drain, create_app, wait_drained
 from server.auth import KeyFileError, read_keys
 from server.config import ServerConfig, parse_config
-from server.engine import EngineError
+from server.engine import CHOICE_ENV, EngineError
+from server.engine_choice import EngineChoice
 from server.model import load_model
 from server.predlog import PredictionLogError
 from server.predlog import check as check_prediction_log
 from server.state import API_KEYS
-from server.supervisor import Supervisor
+from server.supervisor import Supervisor, SupervisorError
 
 log = logging.getLogger("server")
 
@@ -99,6 +100,16 @@ async def serve(config: ServerConfig, app: web.Application) -> None:
     log.info("stopped after %.2f s of draining", time.monotonic() - started)
 
 
+def resolved_engine(config: ServerConfig) -> EngineChoice | None:
+    """In a --processes child: the supervisor's measured choice of engine, when this child was
+    started on it (server/supervisor.py); None otherwise."""
+    carried = os.environ.get(CHOICE_ENV)
+    if not carried:
+        return None
+    choice = EngineChoice.from_dict(orjson.loads(carried))
+    return choice if choice.name == config.engine else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Until serve() takes it over, a key re-read (SIGHUP) must not end a server still starting.
@@ -121,13 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         layout = process_layout(config.processes, config.inference_workers, config.intra_op_threads, gpu)
         if layout.processes > 1:
-            return Supervisor(config, layout, argv).run()
+            supervisor = Supervisor(config, layout, argv)
+            try:
+                supervisor.resolve_engine(gpu)
+            except SupervisorError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            return supervisor.run()
         config = dataclasses.replace(config, inference_workers=layout.workers, intra_op_threads=layout.threads)
     # Until serve() takes the signal over, SIGTERM stops a server that has accepted nothing yet:
     # exit 0, which the supervisor of --processes counts as a clean stop.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     try:
-        model = load_model(config)
+        model = load_model(config, resolved_engine(config))
     except (ModelDirError, EngineError) as exc:  # a broken directory, an engine not installed or not loading
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from server.config import ServerConfig
 from server.cors import setup_cors
 from server.encoder import Encoder
 from server.errors import error_middleware
-from server.inference import InferenceService, startup_timings
+from server.inference import InferenceService, startup_curve
 from server.metrics import Metrics
 from server.model import ServedModel, load_model
 from server.openapi import openapi_handler
@@ -62,21 +62,22 @@ def create_app(
 
 
 async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Load (if not given) and warm up the model off the event loop, start the inference
-    layer (seeded with the warm-up's batch timings); then ready. On cleanup, the reverse."""
+    """Load (if not given) and warm up the model off the event loop, start the inference layer
+    (its batch budget and cost model from the batches timed after warm-up); then ready. On
+    cleanup, the reverse."""
     config, state, loop = app[CONFIG], app[STATE], asyncio.get_running_loop()
     if MODEL not in app:
         app[MODEL] = await loop.run_in_executor(None, lambda: load_model(config))
     encoder, runner = app[MODEL].encoder, app[MODEL].runner
     await loop.run_in_executor(None, runner.warmup)
-    timings = await loop.run_in_executor(None, startup_timings, runner)
+    curve = await loop.run_in_executor(None, startup_curve, runner)
     app[METRICS].set_model_info(runner.info)
     app[METRICS].set_labels(tuple(runner.labels), runner.info.get("label_share"))
     predlog = PredictionLog.from_config(config, runner.info, app[METRICS])  # None without --prediction-log
     if predlog is not None:
         app[PREDLOG] = predlog
         predlog.start()
-    service = InferenceService(encoder, runner, config, app[METRICS], timings=timings)
+    service = InferenceService(encoder, runner, config, app[METRICS], curve=curve)
     app[SERVICE] = service
     app[BATCHER] = service.batcher
     await service.start()

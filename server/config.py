@@ -31,19 +31,21 @@ class ServerConfig:
     host: str = field(default="127.0.0.1", metadata=opt("address to listen on"))
     port: int = field(default=8000, metadata=opt("TCP port to listen on"))
     max_batch_size: int = field(default=32, metadata=opt("most texts in one inference batch"))
-    # Short: on a CPU a text costs about the same at any batch size, so waiting for company
-    # buys no throughput; under load the queue fills the next batch while one runs anyway.
+    # Short: under load the queue fills the next batch while one runs anyway. Where the cost
+    # curve says a text costs the same alone (server/costcurve.py), no batch waits at all.
     max_wait_ms: float = field(
         default=2.0, metadata=opt("longest a batch waits for more texts after its first text arrived")
     )
-    # 0 = by device: 256 on CPU, 8192 on a GPU (server.inference.batch_limits). On this CPU a token
-    # costs no less in a bigger batch, and every text in a batch waits for all of it, so
-    # long texts run alone and short ones still share a run. Paired steps against 512 were
-    # split (5 of 8 for 256, docs/RESULTS.md): chosen for latency, not a measured win.
-    # A GPU needs wide batches.
+    # 0 = by device (server.inference.batch_limits). On a CPU, from the engine's cost curve, timed at
+    # start-up (server/costcurve.py): ONNX Runtime's dynamic int8 costs no less per token in a bigger
+    # batch, so there a text at the max length runs alone and shorter ones share a run; OpenVINO's
+    # static int8 does, so there batches grow. A GPU needs wide batches: 8192.
     max_batch_tokens: int = field(
         default=0,
-        metadata=opt("most padded tokens (texts x longest text) in one inference batch (0: 256 on CPU, 8192 on a GPU)"),
+        metadata=opt(
+            "most padded tokens (texts x longest text) in one inference batch "
+            "(0: on CPU from the engine's cost curve timed at start-up, 8192 on a GPU)"
+        ),
     )
     # A padded token costs the CPU what a real one does. Measured with 2 inference workers at
     # 55-68 req/s (docs/RESULTS.md): 0.1 against no limit cut server CPU per request 3-10%

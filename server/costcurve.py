@@ -18,9 +18,12 @@ A GPU keeps its fixed wide budget: there the curve falls for hundreds of texts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 CURVE_SIZES = (1, 2, 4, 8, 16)
 # Below this saving per token, a batch's texts wait for each other for too little: measured
@@ -42,6 +45,9 @@ class CurvePoint:
     @property
     def per_token(self) -> float:
         return self.seconds / self.tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "width": self.width, "ms": round(self.seconds * 1000, 3)}
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,23 @@ def curve_shapes(max_length: int, max_batch_size: int) -> list[tuple[int, int]]:
     widths = sorted({max(8, max_length // 4), max_length})
     sizes = [size for size in CURVE_SIZES if size <= max_batch_size] or [1]
     return [(rows, width) for width in widths for rows in sizes]
+
+
+def time_curve(
+    run: Callable[[list[np.ndarray]], object], shapes: Sequence[tuple[int, int]], pad_id: int = 0, repeats: int = 3
+) -> list[CurvePoint]:
+    """`run` (a runner's predict) timed on each (batch size, width) shape: the fastest of
+    `repeats` runs, since the others met a busy core. Called after the runner's warm-up."""
+    points = []
+    for rows, width in shapes:
+        seqs = [np.full(width, pad_id, dtype=np.int64) for _ in range(rows)]
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run(seqs)
+            best = min(best, time.perf_counter() - started)
+        points.append(CurvePoint(rows, width, best))
+    return points
 
 
 def relative_costs(points: Sequence[CurvePoint]) -> dict[int, float]:

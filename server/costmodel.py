@@ -13,17 +13,14 @@ The fit is exponentially weighted (each batch counts `decay` times less than the
 it follows the machine: this shared box's speed moves by up to a third within minutes. When
 the recent batches are too alike to fix a slope (every text at the 256-token cap), the last
 good line is kept and only rescaled to the recent level, so a run of equal batches cannot
-tilt it. The first line comes from the runner's warm-up, which times a few shapes (`time_batches`).
+tilt it. The first line goes through the batches the runner times after its warm-up (server/costcurve.py).
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 # The fit averages over about 1/(1 - DECAY) = 100 recent batches: about 1.5 s of batches at
 # capacity on the 2-core box, long enough to average out one preempted batch.
@@ -91,23 +88,6 @@ def fit(w: float, sx: float, sy: float, sxx: float, sxy: float, previous: Line |
         scale = mean_y / previous.seconds(mean_x)
         return Line(previous.per_token * scale, previous.per_batch * scale)
     return Line(mean_y / mean_x if mean_x > 0 else 0.0, 0.0)
-
-
-def time_batches(
-    run: Callable[[list[np.ndarray]], object], shapes: Sequence[tuple[int, int]], pad_id: int = 0, repeats: int = 3
-) -> list[tuple[int, float]]:
-    """(tokens, seconds) of `run` (a runner's predict) on each shape, the fastest of `repeats`
-    runs (the others met a busy core). The runner's warm-up calls it, after its first runs."""
-    timings = []
-    for rows, width in shapes:
-        seqs = [np.full(width, pad_id, dtype=np.int64) for _ in range(rows)]
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            run(seqs)
-            best = min(best, time.perf_counter() - started)
-        timings.append((rows * width, best))
-    return timings
 
 
 def seeded(timings: Sequence[tuple[int, float]], decay: float = DECAY) -> BatchCostModel:

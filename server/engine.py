@@ -31,6 +31,9 @@ ENGINES = ("ort", "ort-openvino", "openvino")  # auto's order of preference on a
 ENGINE_CHOICES = (AUTO, *ENGINES)
 DEFAULT_ENGINE = "ort"  # today's engine: auto falls back to it
 OPENVINO_PROVIDER = "OpenVINOExecutionProvider"
+# Carries auto's choice, measured once by the --processes supervisor (server/engine_probe.py),
+# to its children as JSON: each is started with --engine set to it and reports the measurement.
+CHOICE_ENV = "SENTIMENT_ENGINE_CHOICE"
 INSTALL_HINTS = {
     "openvino": "pip install '.[openvino]'",
     "ort-openvino": "pip install '.[ort-openvino]' in an environment without onnxruntime, which it replaces",

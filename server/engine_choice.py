@@ -50,6 +50,16 @@ class EngineChoice:
             "skipped": dict(self.skipped),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EngineChoice:
+        """The inverse of `to_dict` (server/engine_probe.py's line, read by a --processes child)."""
+        return cls(
+            str(data["name"]),
+            str(data["reason"]),
+            {str(k): float(v) for k, v in dict(data.get("seconds", {})).items()},
+            {str(k): str(v) for k, v in dict(data.get("skipped", {})).items()},
+        )
+
 
 def choose_engine(
     outcomes: Mapping[str, float | str], default: str = DEFAULT_ENGINE, margin: float = MARGIN

@@ -29,6 +29,7 @@ from server import admission
 from server.batcher import BatchResult, MicroBatcher, QueueFull
 from server.batching import BatchLimits
 from server.config import ServerConfig
+from server.costcurve import BatchPlan, CurvePoint, plan_batches
 from server.costmodel import seeded
 from server.encoder import Encoder
 from server.looplag import LoopLag
@@ -90,10 +91,23 @@ def on_gpu(runner: Runner) -> bool:
     return uses_cuda(runner.info.get("providers", ()))
 
 
-def batch_limits(config: ServerConfig, runner: Runner) -> BatchLimits:
-    """The batcher's limits; --max-batch-tokens 0 picks the device's budget (see config)."""
+def batch_plan(config: ServerConfig, runner: Runner, curve: Sequence[CurvePoint]) -> BatchPlan | None:
+    """The token budget and wait the runner's measured cost curve pays for (server/costcurve.py),
+    where they are left to it: --max-batch-tokens 0, on a CPU, with a curve timed. None elsewhere."""
+    if config.max_batch_tokens or on_gpu(runner) or not curve:
+        return None
+    return plan_batches(curve, runner.max_length, config.max_wait_ms, config.max_batch_size)
+
+
+def batch_limits(config: ServerConfig, runner: Runner, plan: BatchPlan | None = None) -> BatchLimits:
+    """The batcher's limits. --max-batch-tokens 0 leaves the budget to the device: on a CPU the
+    cost curve's plan (its wait too: none where a text runs alone), or CPU_BATCH_TOKENS where no
+    curve was timed (a test's fake runner); GPU_BATCH_TOKENS on a GPU."""
     tokens = config.max_batch_tokens or (GPU_BATCH_TOKENS if on_gpu(runner) else CPU_BATCH_TOKENS)
-    return BatchLimits(config.max_batch_size, tokens, config.max_wait_ms / 1000.0, config.max_padding_ratio)
+    wait_ms = config.max_wait_ms
+    if plan is not None:
+        tokens, wait_ms = plan.max_batch_tokens, plan.max_wait_ms
+    return BatchLimits(config.max_batch_size, tokens, wait_ms / 1000.0, config.max_padding_ratio)
 
 
 def inference_workers(config: ServerConfig, runner: Runner) -> int:
@@ -101,11 +115,12 @@ def inference_workers(config: ServerConfig, runner: Runner) -> int:
     return thread_layout(config.inference_workers, gpu=on_gpu(runner))[0]
 
 
-def startup_timings(runner: Runner) -> list[tuple[int, float]]:
-    """(tokens, seconds) of batches the runner times on itself after warm-up (OnnxRunner's
-    `time_shapes`). A runner that cannot time itself (a test's fake) gives none: the cost
-    model then starts without a line and admits everything until the first batches are timed."""
-    timer = getattr(runner, "time_shapes", None)
+def startup_curve(runner: Runner) -> list[CurvePoint]:
+    """The batches the runner times on itself after warm-up (OnnxRunner's `time_curve`). A
+    runner that cannot time itself (a test's fake) gives none: the budget is then the fixed
+    one, and the cost model starts without a line and admits everything until the first
+    batches are timed."""
+    timer = getattr(runner, "time_curve", None)
     return list(timer()) if timer is not None else []
 
 
@@ -120,17 +135,20 @@ class InferenceService:
         runner: Runner,
         config: ServerConfig,
         metrics: Metrics | None = None,
-        timings: Sequence[tuple[int, float]] = (),
+        curve: Sequence[CurvePoint] = (),
     ) -> None:
-        """`timings`: (tokens, seconds) of batches timed at start-up (the runner's warm-up)."""
+        """`curve`: batches the runner timed at start-up (`startup_curve`): the batch budget's
+        plan on a CPU, and the admission cost model's first line."""
         self.encoder = encoder
         self.runner = runner
         self.config = config
         self.metrics = metrics
-        self.limits = batch_limits(config, runner)
+        self.curve = list(curve)
+        self.plan = batch_plan(config, runner, self.curve)
+        self.limits = batch_limits(config, runner, self.plan)
         self.workers = inference_workers(config, runner)
         self.budget_s = config.latency_budget_ms / 1000.0  # 0: admission by the cost model is off
-        self.cost = seeded(timings)
+        self.cost = seeded([(point.tokens, point.seconds) for point in self.curve])
         self.batcher = MicroBatcher(
             runner.predict, self.limits, config.max_queue, metrics, workers=self.workers, cost=self.cost
         )
@@ -346,6 +364,11 @@ class InferenceService:
             "inference_workers": self.workers,
             "request_timeout_ms": self.config.request_timeout_ms,
             "latency_budget_ms": self.config.latency_budget_ms,
+            # The batches timed at start-up, and (CPU, --max-batch-tokens 0) the budget they set.
+            "cost_curve": {
+                "points": [point.to_dict() for point in self.curve],
+                "plan": None if self.plan is None else self.plan.to_dict(),
+            },
             "cost_model": None
             if line is None
             else {

@@ -11,7 +11,7 @@ from core.modeldir import read_model_dir
 from server.config import ServerConfig
 from server.encoder import Encoder, ModelEncoder
 from server.engine import AUTO, DEFAULT_ENGINE, Engine, build_engine
-from server.engine_choice import select_engine
+from server.engine_choice import EngineChoice, select_engine
 from server.runner import OnnxRunner, Runner
 
 log = logging.getLogger("server.model")
@@ -23,9 +23,11 @@ class ServedModel:
     runner: Runner
 
 
-def load_model(config: ServerConfig) -> ServedModel:
+def load_model(config: ServerConfig, resolved: EngineChoice | None = None) -> ServedModel:
     """The model directory's encoder and runner, the runner on the engine of --engine, with the
-    cores split among the inference workers.
+    cores split among the inference workers. `resolved`: auto's choice, measured once for
+    every --processes child by the supervisor (server/engine_probe.py); the runner is built on
+    that engine and reports the measurement as its reason.
 
     The layout depends on the device, known for sure only once the session exists: where
     the CUDA provider is present but fails to start, ONNX Runtime falls back to the CPU, and
@@ -43,7 +45,12 @@ def load_model(config: ServerConfig) -> ServedModel:
         def engine(name: str) -> Engine:
             return build_engine(name, model, workers, intra, config.inter_op_threads, gpu=gpu and name == "ort")
 
-        chosen, choice = select_engine(config.engine, model, engine, encoder.specials, gpu=gpu)
+        if resolved is not None and not gpu:
+            chosen = engine(resolved.name)
+            reason = f"auto, measured once by the --processes supervisor for every process: {resolved.reason}"
+            choice = EngineChoice(resolved.name, reason, resolved.seconds, resolved.skipped)
+        else:
+            chosen, choice = select_engine(config.engine, model, engine, encoder.specials, gpu=gpu)
         runner = OnnxRunner(
             model,
             shape_bucket=config.shape_bucket,
@@ -51,7 +58,8 @@ def load_model(config: ServerConfig) -> ServedModel:
             specials=encoder.specials,
             engine=chosen,
         )
-        runner.info["engine"] = {"requested": config.engine, **choice.to_dict(), **runner.info["engine"]}
+        requested = AUTO if resolved is not None else config.engine
+        runner.info["engine"] = {"requested": requested, **choice.to_dict(), **runner.info["engine"]}
         return runner
 
     # Only ONNX Runtime runs on a GPU; an engine asked for by name runs where it runs.
@@ -67,3 +75,18 @@ def load_model(config: ServerConfig) -> ServedModel:
             model.path,
         )
     return ServedModel(encoder, runner)
+
+
+def resolve_engine(config: ServerConfig) -> EngineChoice:
+    """What --engine resolves to for this config's layout, the engines built, timed and dropped
+    (server/engine_probe.py, for the --processes supervisor). Raises ModelDirError or EngineError."""
+    model = read_model_dir(config.model_dir)
+    specials = model.encoder().specials
+    gpu = cuda_wanted(model.serving) and config.engine in (AUTO, DEFAULT_ENGINE)
+    workers, intra = thread_layout(config.inference_workers, config.intra_op_threads, gpu)
+
+    def engine(name: str) -> Engine:
+        return build_engine(name, model, workers, intra, config.inter_op_threads, gpu=gpu and name == "ort")
+
+    _, choice = select_engine(config.engine, model, engine, specials, gpu=gpu)
+    return choice

@@ -16,7 +16,7 @@ from core.calibration import scaled_probs
 from core.layout import cuda_wanted, physical_cores, uses_cuda
 from core.modeldir import ModelDir, read_model_dir
 from core.tokenization import SpecialIds, pad_batch
-from server.costmodel import time_batches
+from server.costcurve import CurvePoint, curve_shapes, time_curve
 from server.engine import Engine
 
 # On a GPU each new input shape costs a first run ~40x its later runs (measured on an H200:
@@ -129,9 +129,12 @@ class OnnxRunner:
         return [(size, width) for size in sizes for width in widths]
 
     def timing_shapes(self) -> list[tuple[int, int]]:
-        """(batch size, width) pairs timed after warm-up, for the admission cost model's first
-        line: single texts from short to the cap (where a CPU's cost lives) and one batch of
-        several (where a GPU's does)."""
+        """(batch size, width) pairs timed after warm-up. On a CPU, the cost curve's grid
+        (server/costcurve.py): batch sizes up to 16 at a short and a full width, from which the
+        batch budget is planned. On a GPU, whose budget stays fixed and wide, single texts from
+        short to the cap and one batch of several. Either seeds the admission cost model."""
+        if not uses_cuda(self.info["providers"]):
+            return curve_shapes(self.max_length, self.max_batch_size)
         widths = sorted({max(8, self.max_length // k) for k in (8, 4, 2, 1)})
         return [(1, w) for w in widths] + [(min(self.max_batch_size, 8), max(8, self.max_length // 2))]
 
@@ -142,7 +145,7 @@ class OnnxRunner:
             seq[0], seq[-1] = self.specials.cls_id, self.specials.sep_id
             self.predict([seq] * batch)
 
-    def time_shapes(self) -> list[tuple[int, float]]:
-        """(tokens, seconds) of `timing_shapes`, run after `warmup`: the first line of the
-        admission cost model (server/costmodel.py)."""
-        return time_batches(self.predict, self.timing_shapes(), self.specials.pad_id)
+    def time_curve(self) -> list[CurvePoint]:
+        """`timing_shapes` timed, run after `warmup`: the cost curve the batch budget is planned
+        from (CPU) and the admission cost model's first line (server/costmodel.py)."""
+        return time_curve(self.predict, self.timing_shapes(), self.specials.pad_id)

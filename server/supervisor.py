@@ -33,9 +33,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+import orjson
 
 from core.layout import ProcessLayout
 from server.config import ServerConfig
+from server.engine import AUTO, CHOICE_ENV
 from server.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("server.supervisor")
@@ -45,6 +49,7 @@ CRASH_LIMIT = 5  # exits of children within CRASH_WINDOW_S that stop the whole s
 CRASH_WINDOW_S = 60.0
 RESTART_DELAY_S = 0.5  # between a child's death and its replacement: a failing start is not a busy loop
 KILL_MARGIN_S = 5.0  # past the drain timeout, a child that has not exited is killed
+PROBE_TIMEOUT_S = 120.0  # auto's measurement: engines load in seconds, the timing itself is ~2 s
 
 
 @dataclass
@@ -54,12 +59,13 @@ class Child:
     started: float = field(default_factory=time.monotonic)
 
 
-def child_command(argv: Sequence[str], layout: ProcessLayout) -> list[str]:
-    """The parent's own command line, then what makes it one child: later flags win in argparse."""
+def child_command(argv: Sequence[str], layout: ProcessLayout, module: str = "server") -> list[str]:
+    """The parent's own command line, then what makes it one child: later flags win in argparse.
+    `module`: server.engine_probe runs auto's measurement with a child's flags."""
     return [
         sys.executable,
         "-m",
-        "server",
+        module,
         *argv,
         *("--processes", "1", "--reuse-port"),
         *("--inference-workers", str(layout.workers), "--intra-op-threads", str(layout.threads)),
@@ -85,17 +91,53 @@ def exit_reason(code: int) -> str:
     return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
 
 
+class SupervisorError(Exception):
+    """The server cannot start (one line): auto's engine measurement failed."""
+
+
+def probe_engine(argv: Sequence[str], layout: ProcessLayout) -> dict[str, Any]:
+    """`--engine auto` measured once, in a process of its own with a child's share of the cores
+    (server/engine_probe.py): the choice every child is started on. Raises SupervisorError."""
+    try:
+        done = subprocess.run(
+            child_command(argv, layout, module="server.engine_probe"),
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise SupervisorError(f"--engine auto: measuring the engines took over {PROBE_TIMEOUT_S:.0f} s") from exc
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise SupervisorError(lines[-1].removeprefix("error: ") if lines else f"engine probe exit {done.returncode}")
+    choice: dict[str, Any] = orjson.loads(done.stdout.strip().splitlines()[-1])
+    return choice
+
+
 class Supervisor:
     def __init__(self, config: ServerConfig, layout: ProcessLayout, argv: Sequence[str]) -> None:
         self.config = config
         self.layout = layout
+        self.argv = list(argv)
         self.command = child_command(argv, layout)
+        self.child_env: dict[str, str] = {}
         self.children: dict[int, Child] = {}  # slot -> child
         self.crashes: deque[float] = deque()
         self.stopping = False
         given = os.environ.get(MULTIPROC_ENV)
         self._own_dir = not given
         self.metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="sentiment-metrics-"))
+
+    def resolve_engine(self, gpu: bool) -> None:
+        """With --engine auto on a CPU, measure once and start every child on the choice, so that
+        N processes on one port answer from one engine. Raises SupervisorError."""
+        if self.config.engine != AUTO or gpu:
+            return
+        choice = probe_engine(self.argv, self.layout)
+        log.info("engine %s for every server process: %s", choice["name"], choice["reason"])
+        self.command = [*self.command, "--engine", str(choice["name"])]
+        self.child_env = {CHOICE_ENV: orjson.dumps(choice).decode()}
 
     def run(self) -> int:
         """Start the children, keep them running, drain them on SIGTERM; the exit status."""
@@ -155,7 +197,7 @@ class Supervisor:
         return 0
 
     def _start(self, slot: int) -> None:
-        env = {**os.environ, MULTIPROC_ENV: str(self.metrics_dir)}
+        env = {**os.environ, **self.child_env, MULTIPROC_ENV: str(self.metrics_dir)}
         process = subprocess.Popen(self.command, env=env, preexec_fn=die_with_parent)
         self.children[slot] = Child(slot, process)
         log.info("server process %d started (pid %d)", slot, process.pid)

@@ -59,8 +59,10 @@ class SlowRunner:
     def warmup(self) -> None:
         pass
 
-    def time_shapes(self):  # the cost it really has: the line the cost model starts from
-        return [(n, PER_TOKEN_S * n + PER_BATCH_S) for n in (8, 16, 32, 64)]
+    def time_curve(self):  # the cost it really has: the line the cost model starts from
+        from server.costcurve import CurvePoint
+
+        return [CurvePoint(1, n, PER_TOKEN_S * n + PER_BATCH_S) for n in (8, 16, 32, 64)]
 
 
 def review(i: int, words: int = 20) -> str:

@@ -263,14 +263,18 @@ def test_openvino_names_the_onnx_runtime_fusions_it_cannot_read(tiny_model_dir):
 # --- OpenVINO on the exporter's static int8 IR ------------------------------------------------
 
 # The IR (static int8) and model.onnx (dynamic int8) quantize the same tiny model differently;
-# both stay this close to it, and a label may differ only where ONNX Runtime's is a coin flip.
-INT8_TOLERANCE = 5e-4  # measured: 9e-5 here (bf16 on AMX), where the tiny model's answers are ~2.4e-3 apart
+# both stay this close to it. Measured against ONNX Runtime: 9e-5 on the Xeon (OpenVINO infers
+# in bf16 on AMX), 9.4e-4 on an AMD EPYC without AVX-512 (f32 inference: the static int8 scales
+# shift every answer alike), where the tiny model's answers are ~2.4e-3 apart.
+INT8_TOLERANCE = 2e-3
 
 
 def assert_same_labels(probs, reference, tolerance=INT8_TOLERANCE):
-    assert probs.shape == reference.shape and np.abs(probs - reference).max() <= tolerance
-    clear = np.abs(reference[:, 1] - reference[:, 0]) > 2 * tolerance
-    assert clear.sum() >= len(reference) // 2, "too few texts with a clear answer to compare labels on"
+    diff = float(np.abs(probs - reference).max()) if probs.shape == reference.shape else float("inf")
+    assert diff <= tolerance, f"max |dp| {diff:.2e} over {tolerance:.0e}"
+    # Where ONNX Runtime's answer is not a coin flip at the distance measured, the labels agree.
+    clear = np.abs(reference[:, 1] - reference[:, 0]) > 2 * max(diff, 1e-5)
+    assert clear.sum() >= len(reference) // 4, "too few texts with a clear answer to compare labels on"
     assert (probs.argmax(1) == reference.argmax(1))[clear].all()
 
 
@@ -356,3 +360,36 @@ def test_the_server_serves_on_openvino_when_asked(tiny_openvino_model_dir, revie
     reference = OnnxRunner(model, intra_op_threads=1).predict(encoded(tiny_openvino_model_dir, [t for t, _ in reviews]))
     served = np.array([[a["probabilities"][label] for label in model.labels] for a in answers])
     assert_same_labels(served, reference)
+
+
+def test_the_supervisors_probe_measures_once_with_a_childs_share(tiny_openvino_model_dir):
+    """`--processes N --engine auto`: server.engine_probe times the engines in a process of its
+    own with a child's flags, and prints the choice every child is started on."""
+    from core.layout import ProcessLayout
+    from server.engine_choice import EngineChoice
+    from server.supervisor import probe_engine
+
+    choice = probe_engine(["--model-dir", str(tiny_openvino_model_dir)], ProcessLayout(2, 1, 1))
+    assert set(choice["seconds"]) == {"ort", "openvino"} and choice["name"] in ("ort", "openvino")
+    assert EngineChoice.from_dict(choice).to_dict() == choice
+
+
+def test_every_process_serves_the_engine_the_supervisor_measured(tiny_openvino_model_dir, tmp_path):
+    import urllib.request
+
+    from bench.procs import ServedProcess, server_command
+
+    cmd = server_command(tiny_openvino_model_dir, "--processes", "2", "--engine", "auto")
+    with ServedProcess(cmd, tmp_path / "server.log", ready_timeout_s=90) as server:
+        seen = {}
+        for _ in range(12):  # new connections: the kernel hashes each to one child
+            with urllib.request.urlopen(server.url + "/v1/model", timeout=10) as resp:
+                info = json.loads(resp.read())
+            seen[info["engine"]["name"]] = info["engine"]
+    log = (tmp_path / "server.log").read_text()
+    assert len(seen) == 1, seen  # one engine for the port, however the connections were spread
+    (engine,) = seen.values()
+    assert engine["requested"] == "auto" and engine["reason"].startswith("auto, measured once by the --processes")
+    assert set(engine["seconds"]) == {"ort", "openvino"}
+    # measured once, by the probe; no child measured again
+    assert log.count("for every server process") == 1 and "chosen in" not in log

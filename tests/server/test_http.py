@@ -208,11 +208,12 @@ async def test_model_endpoint_reports_inference_workers(serve_fake, workers, exp
     assert body["batching"]["inference_workers"] == expected == client.app[BATCHER].workers
 
 
-@pytest.mark.parametrize("setting,expected", [(0, 256), (700, 700)])
+@pytest.mark.parametrize("setting,expected", [(0, 256), (700, 700)])  # 0, untimed: the fixed 256
 async def test_model_endpoint_reports_the_token_budget_in_force(serve_fake, setting, expected):
     client = await serve_fake(max_batch_tokens=setting)  # the fake runner is a CPU one
     body = await (await client.get("/v1/model")).json()
     assert body["batching"]["max_batch_tokens"] == expected == client.app[BATCHER].limits.max_batch_tokens
+    assert body["batching"]["cost_curve"] == {"points": [], "plan": None}  # a fake runner times nothing
 
 
 async def test_two_workers_serve_two_requests_at_once(serve_fake, fake_runner):

@@ -232,3 +232,24 @@ async def test_sigterm_drains_every_child_and_the_parent_exits_0(tiny_model_dir,
     assert outcomes.count("200") > answered_before  # requests in flight at SIGTERM were answered
     assert not any(alive(pid) for pid in children)
     assert "Traceback" not in server.log_path.read_text()
+
+
+def test_the_supervisor_starts_children_on_the_probes_choice(tiny_model_dir):
+    """--engine auto on a CPU: measured once (server.engine_probe), every child gets --engine and
+    the measurement; a named engine or a GPU model needs no probe."""
+    import json
+
+    from server.config import ServerConfig
+    from server.engine import CHOICE_ENV
+    from server.supervisor import Supervisor
+
+    argv = ["--model-dir", str(tiny_model_dir)]
+    supervisor = Supervisor(ServerConfig(model_dir=tiny_model_dir), ProcessLayout(2, 1, 1), argv)
+    supervisor.resolve_engine(gpu=False)
+    assert supervisor.command[-2:] == ["--engine", "ort"]  # the tiny export checked ONNX Runtime only
+    carried = json.loads(supervisor.child_env[CHOICE_ENV])
+    assert carried["name"] == "ort" and "only engine" in carried["reason"]
+    for config, gpu in ((ServerConfig(model_dir=tiny_model_dir, engine="ort"), False), (ServerConfig(), True)):
+        named = Supervisor(config, ProcessLayout(2, 1, 1), argv)
+        named.resolve_engine(gpu=gpu)
+        assert named.child_env == {} and "--engine" not in named.command

@@ -102,7 +102,8 @@ def test_each_server_row_states_the_code_default(flag):
 def test_the_device_dependent_server_defaults_quote_the_code():
     """Where 0 means "by device", the README says what each device gets."""
     cells = {flag_field(flag): cells[0] for flag, cells in SERVER.items()}
-    assert f"{CPU_BATCH_TOKENS} on CPU" in cells["max_batch_tokens"]
+    assert "cost curve" in cells["max_batch_tokens"]
+    assert f"{CPU_BATCH_TOKENS} on CPU where none" in cells["max_batch_tokens"]
     assert f"{GPU_BATCH_TOKENS} on a GPU" in cells["max_batch_tokens"]
     assert f"{GPU_SHAPE_BUCKET} on a GPU" in cells["shape_bucket"]
     assert "1 on a GPU" in cells["inference_workers"]
