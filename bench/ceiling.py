@@ -1,9 +1,11 @@
 """Configuration 1, the ceiling: the server's own encoder and OnnxRunner in a tight loop.
 
-No HTTP, no queue: length-sorted batches through tokenize + pad + ONNX Runtime, for every
-thread layout (1 stream x all cores, one stream per core x 1 thread, and the server's) and
-batch size (1, 4, 8, --max-batch-size). The best is run again before and after each round
-of the server's search (bench/capacity.py), and the ceiling is the median of its runs.
+No HTTP, no queue: length-sorted batches through tokenize + pad + the engine, for every engine
+`--engine auto` would weigh (installed here and checked by the export), every thread layout
+(1 stream x all cores, one stream per core x 1 thread, and the server's) and batch size (1, 4,
+8, --max-batch-size). The server itself runs `--engine auto`, which serves the fastest. The
+best is run again before and after each round of the server's search (bench/capacity.py), and
+the ceiling is the median of its runs.
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ def ceiling_batch_sizes(max_batch_size: int) -> list[int]:
     return sorted({1, 4, 8, max_batch_size} & set(range(1, max_batch_size + 1)))
 
 
+def ceiling_engines(model_dir: Any) -> list[str]:
+    """The engines the ceiling measures: those installed here that the export's parity gate
+    checked on this model directory (ONNX Runtime always), as `--engine auto` weighs them."""
+    from core.modeldir import read_model_dir
+    from server.engine import DEFAULT_ENGINE, ENGINES, not_installed
+
+    checked = read_model_dir(model_dir).checked_engines()
+    return [name for name in ENGINES if name == DEFAULT_ENGINE or (name in checked and not_installed(name) is None)]
+
+
 def ceiling_layouts(cores: int, server_layout: tuple[int, int]) -> list[tuple[int, int]]:
     """(streams, threads per stream): one run using every core, one run per core, the server's."""
     return sorted({(1, cores), (cores, 1), server_layout}, key=lambda layout: (layout[0], -layout[1]))
@@ -55,22 +67,24 @@ def measure_ceiling(
     results: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
     tokens: list[int] = []
+    engines = ceiling_engines(config.model_dir)
     with _ceiling_affinity(config):
-        for streams, threads in ceiling_layouts(physical_cores(), server_layout):
-            model = _ceiling_model(config, threads)
-            if (streams, threads) == server_layout:  # always among the layouts
-                info = model.runner.info
-            tokens = tokens or [len(ids) for ids in model.encoder.encode(texts)]
-            for size in ceiling_batch_sizes(config.max_batch_size):
-                entry = _ceiling_run(config, model, texts, tokens, streams, size)
-                entry.update(threads=threads)
-                results.append(entry)
-                print(
-                    f"[ceiling] {streams} stream(s) x {threads} thread(s), batch {size}: "
-                    f"{entry['texts_per_s']:.1f} texts/s",
-                    flush=True,
-                )
-            del model
+        for engine in engines:
+            for streams, threads in ceiling_layouts(physical_cores(), server_layout):
+                model = _ceiling_model(config, threads, engine, streams)
+                if (streams, threads) == server_layout and not info:  # always among the layouts
+                    info = model.runner.info
+                tokens = tokens or [len(ids) for ids in model.encoder.encode(texts)]
+                for size in ceiling_batch_sizes(config.max_batch_size):
+                    entry = _ceiling_run(config, model, texts, tokens, streams, size)
+                    entry.update(threads=threads, engine=engine)
+                    results.append(entry)
+                    print(
+                        f"[ceiling] {engine}, {streams} stream(s) x {threads} thread(s), batch {size}: "
+                        f"{entry['texts_per_s']:.1f} texts/s",
+                        flush=True,
+                    )
+                del model
     best = max(results, key=lambda e: e["texts_per_s"])
     own = [e for e in results if (e["streams"], e["threads"]) == server_layout]
     return {
@@ -78,6 +92,12 @@ def measure_ceiling(
         "sweep_best_texts_per_s": best["texts_per_s"],
         "best_batch_size": best["batch_size"],
         "best_layout": {"streams": best["streams"], "threads": best["threads"]},
+        "best_engine": best["engine"],
+        "engines": engines,
+        # per engine, its best texts/s in the server's layout (what auto weighs)
+        "server_layout_by_engine": {
+            name: max(e["texts_per_s"] for e in own if e["engine"] == name) for name in engines
+        },
         "server_layout_texts_per_s": max(e["texts_per_s"] for e in own),
         "mean_tokens": best["mean_tokens"],
         "measurements": results,
@@ -99,9 +119,10 @@ def repeat_ceiling(
     """
     layout, size = ceiling["best_layout"], ceiling["best_batch_size"]
     with _ceiling_affinity(config):
-        model = _ceiling_model(config, layout["threads"])
+        engine = ceiling.get("best_engine", "ort")
+        model = _ceiling_model(config, layout["threads"], engine, layout["streams"])
         entry = _ceiling_run(config, model, texts, tokens, layout["streams"], size)
-    entry.update(threads=layout["threads"], when=when)
+    entry.update(threads=layout["threads"], engine=engine, when=when)
     ceiling["repeats"].append(entry)
     runs = [ceiling["sweep_best_texts_per_s"], *(e["texts_per_s"] for e in ceiling["repeats"])]
     ceiling["texts_per_s"] = statistics.median(runs)
@@ -126,9 +147,10 @@ def queueing_bound(ceiling: dict[str, Any], tokens: list[int], p95_ms: float) ->
     return {"fraction": fraction, "workers": streams, "p95_ms": p95_ms}
 
 
-def _ceiling_model(config: BenchConfig, threads: int) -> ServedModel:
-    """The server's encoder and OnnxRunner as the ceiling runs them: one session with
-    `threads` intra-op threads, warmed up."""
+def _ceiling_model(config: BenchConfig, threads: int, engine: str = "ort", streams: int = 1) -> ServedModel:
+    """The server's encoder and OnnxRunner as the ceiling runs them, on `engine`: `threads`
+    threads per run, for `streams` concurrent callers (ONNX Runtime: one shared session when
+    single-threaded; OpenVINO: one infer request per stream), warmed up."""
     from server.config import ServerConfig
     from server.model import load_model
 
@@ -136,8 +158,9 @@ def _ceiling_model(config: BenchConfig, threads: int) -> ServedModel:
         ServerConfig(
             model_dir=config.model_dir,
             intra_op_threads=threads,
-            inference_workers=1,
+            inference_workers=streams,
             max_batch_size=config.max_batch_size,
+            engine=engine,
         )
     )
     model.runner.warmup()

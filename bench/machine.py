@@ -35,6 +35,8 @@ def machine_info() -> dict[str, Any]:
         pass
     return {
         "cpu_model": cpu_model,
+        "cpu_flags": cpu_flags(),
+        "openvino": _openvino_version(),
         "logical_cpus": os.cpu_count(),
         "physical_cores": cores,
         "memory_gib": round(mem, 1) if mem else None,
@@ -48,6 +50,33 @@ def machine_info() -> dict[str, Any]:
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "load_average_start": os.getloadavg(),
     }
+
+
+# The instruction sets int8 and bf16 inference kernels are chosen by (oneDNN, MLAS, OpenVINO):
+# VNNI and AMX make static int8 pay (issue 20's Xeon); without AVX-512 the int8 paths differ.
+ENGINE_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """Which of ENGINE_FLAGS this CPU has (/proc/cpuinfo; none where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [flag for flag in ENGINE_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
+def _openvino_version() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    import openvino
+
+    return str(openvino.__version__)
 
 
 def _gpu_name() -> str | None:

@@ -6,12 +6,19 @@
 # Needs a container engine: ENGINE (default ../shared/tools/container/engine, a podman wrapper
 # that behaves like `docker`; set ENGINE=docker elsewhere) and a base image BASE_IMAGE (default
 # the engine's local python:3.11-slim image). Exits non-zero on the first failed check.
+#
+# EXTRAS=cpu,openvino-serve (`make test-container-openvino`) tests the OpenVINO variant: the model
+# is exported with its static int8 IR (the host needs the openvino extra), and the server, on
+# --engine auto, must have timed OpenVINO beside ONNX Runtime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ENGINE=${ENGINE:-../shared/tools/container/engine}
 BASE_IMAGE=${BASE_IMAGE:-localhost/python:3.11-slim-local}
-IMAGE=${IMAGE:-localhost/sentiment-cpu:test}
+EXTRAS=${EXTRAS:-cpu}
+case "$EXTRAS" in *openvino*) OPENVINO=1; DEFAULT_IMAGE=localhost/sentiment-cpu:test-openvino ;;
+  *) OPENVINO=0; DEFAULT_IMAGE=localhost/sentiment-cpu:test ;; esac
+IMAGE=${IMAGE:-$DEFAULT_IMAGE}
 PY=${PY:-.venv/bin/python}
 DRAIN_TIMEOUT_S=${DRAIN_TIMEOUT_S:-10}
 NAME=sentiment-smoke-$$
@@ -41,8 +48,9 @@ if "$ENGINE" --version 2>/dev/null | grep -qi podman; then
   health_args=(--health-interval disable)
 fi
 
-say "building Dockerfile.cpu as $IMAGE (base $BASE_IMAGE)"
-"$ENGINE" build "${format_args[@]}" -f Dockerfile.cpu --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$IMAGE" . \
+say "building Dockerfile.cpu as $IMAGE (base $BASE_IMAGE, extras $EXTRAS)"
+"$ENGINE" build "${format_args[@]}" -f Dockerfile.cpu --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg EXTRAS="$EXTRAS" \
+  -t "$IMAGE" . \
   > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "image build failed"; }
 say "built in $((SECONDS - step_start)) s"
 
@@ -63,8 +71,14 @@ sys.path.insert(0, "tests")
 from tiny_model import build_tiny_checkpoint
 build_tiny_checkpoint(Path(sys.argv[1]))
 EOF
+export_args=()
+if [ "$OPENVINO" = 1 ]; then
+  "$PY" -c "import openvino, nncf" 2>/dev/null \
+    || fail "EXTRAS=$EXTRAS exports the static int8 IR: install the openvino extra here (pip install '.[openvino]')"
+  export_args=(--openvino-int8 --openvino-calibration-samples 32)
+fi
 "$PY" -m exporter --checkpoint "$WORK/checkpoint" --output-dir "$WORK/model" --quantize int8 --no-calibrate \
-  --eval-samples 16 --max-accuracy-drop 100 --min-agreement 0 > "$WORK/export.log" 2>&1 \
+  --eval-samples 16 --max-accuracy-drop 100 --min-agreement 0 "${export_args[@]}" > "$WORK/export.log" 2>&1 \
   || { tail -20 "$WORK/export.log"; fail "tiny model export failed"; }
 chmod -R a+rX "$WORK/model"
 PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
@@ -94,6 +108,19 @@ while time.monotonic() < deadline:
         pass
     time.sleep(0.5)
 sys.exit(1)
+EOF
+
+say "GET /v1/model: the engine auto chose and what it timed"
+"$PY" - "$URL" "$OPENVINO" <<'EOF' || fail "the engine check failed"
+import json, sys, urllib.request
+url, openvino = sys.argv[1], sys.argv[2] == "1"
+with urllib.request.urlopen(url + "/v1/model", timeout=10) as r:
+    engine = json.load(r)["engine"]
+print(f"  engine {engine['name']}: {engine['reason']}")
+if openvino:
+    assert set(engine["seconds"]) == {"ort", "openvino"}, engine  # both ran in the image
+else:
+    assert engine["name"] == "ort" and "openvino" in engine["skipped"], engine
 EOF
 
 say "POST /v1/predict, GET /metrics, the playground and the API docs"

@@ -99,6 +99,9 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     assert (2, 1) in {(e["streams"], e["threads"]) for e in measured}  # the server's own layout
     assert ceiling["sweep_best_texts_per_s"] == max(e["texts_per_s"] for e in measured) > 0
     assert ceiling["server_layout_texts_per_s"] <= ceiling["sweep_best_texts_per_s"]
+    # the tiny export checked ONNX Runtime only: the one engine measured, and the report names the CPU's flags
+    assert ceiling["engines"] == ["ort"] == list(ceiling["server_layout_by_engine"]) and ceiling["best_engine"] == "ort"
+    assert {e["engine"] for e in measured} == {"ort"} and isinstance(results["machine"]["cpu_flags"], list)
     # The winner ran again around each round of the server's search; the ceiling is the median of its runs.
     repeats = ceiling["repeats"]
     assert [r["when"] for r in repeats] == ["before round 1", "after round 1", "after round 2"]
@@ -152,6 +155,7 @@ def test_bench_smoke_writes_report(tiny_model_dir, tiny_checkpoint, tmp_path, ca
     assert entry["model_info"]["batching"]["inference_workers"] == 2 and entry["model_info"]["intra_op_threads"] == 1
     md = (out / "BENCHMARKS.md").read_text()
     assert "Quick mode" in md and "2 / 1: server capacity / ceiling" in md and "2 / 4" not in md
+    assert "- CPU flags that decide the engines' int8 and bf16 kernels: " in md and "| ort | 2 x 1 |" in md
     assert "2 inference workers x 1 thread" in md and "| 2 x 1 |" in md and "median of 4 runs (sweep " in md
     assert (
         "median of 2 rounds (" in md and "| round | capacity (req/s) |" in md and "median of the rounds' ratios" in md
@@ -179,3 +183,10 @@ def test_ceiling_layouts_cover_both_extremes_and_the_servers():
     assert ceiling_layouts(2, (2, 1)) == [(1, 2), (2, 1)]
     assert ceiling_layouts(4, (2, 2)) == [(1, 4), (2, 2), (4, 1)]
     assert ceiling_layouts(1, (1, 1)) == [(1, 1)]
+
+
+def test_the_ceiling_measures_every_engine_auto_would_weigh(tiny_model_dir, tiny_openvino_model_dir):
+    from bench.ceiling import ceiling_engines
+
+    assert ceiling_engines(tiny_model_dir) == ["ort"]  # OpenVINO installed or not: the export did not check it
+    assert ceiling_engines(tiny_openvino_model_dir) == ["ort", "openvino"]

@@ -129,7 +129,12 @@ def test_cpu_image_wiring():
     s = stages(REPO / "Dockerfile.cpu")
     assert list(s) == ["build", "serve-base", "serve-bundled", "serve"], "serve must stay the default (last) target"
     [install] = _pip_installs(s["build"])
-    assert _extras(install) == {"cpu"} and "-c deploy/constraints-serve.txt" in install
+    assert _extras(install) == {"${EXTRAS}"} and "-c deploy/constraints-serve.txt" in install
+    # cpu by default; the OpenVINO variant adds the runtime alone (pyproject's openvino-serve)
+    assert ("ARG", "EXTRAS=cpu") in s["build"]
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [r.split("==")[0] for r in extras["openvino-serve"]] == ["openvino"]
     copies = [a for w, a in s["build"] if w == "COPY"]
     assert not any(c.startswith(("trainer", "exporter", "loadtest", ".")) for c in copies), copies
     _serving_stage_checks(s["serve-base"], names)
@@ -191,6 +196,7 @@ def test_constraints_pin_every_serving_dependency():
         for r in project["dependencies"]
         + project["optional-dependencies"]["cpu"]
         + project["optional-dependencies"]["gpu"]
+        + project["optional-dependencies"]["openvino-serve"]
     ]
     pins = {}
     for line in (REPO / "deploy/constraints-serve.txt").read_text().splitlines():
