@@ -43,6 +43,10 @@ class AccuracyConfig:
     split: str = field(default="test", metadata=opt("split to score"))
     max_samples: int = field(default=0, metadata=opt("0 = the whole split"))
     batch_size: int = field(default=32, metadata=opt("texts per batch"))
+    openvino: bool = field(
+        default=False,
+        metadata=opt("also score each model directory's static int8 OpenVINO IR (--openvino-int8), on OpenVINO"),
+    )
     output: Path | None = field(default=None, metadata=opt("write the results as JSON here"))
 
 
@@ -77,12 +81,37 @@ def model_dir_probs(
     )["onnx"]
 
 
+def openvino_probs(
+    model: ModelDir, texts: list[str], batch_size: int, progress: Callable[[int], None] | None = None
+) -> np.ndarray:
+    """A model directory's OpenVINO IR, compiled as the server's openvino engine compiles it and
+    fed the serving tokenizer's ids: softmax of its logits. Raises ModelDirError without an IR."""
+    from core.modeldir import OPENVINO_FILES
+    from exporter.compare import open_openvino, openvino_logits
+
+    ir = model.path / OPENVINO_FILES[0]
+    if not ir.is_file():
+        raise ModelDirError(f"{model.path}: no {OPENVINO_FILES[0]} (export with --openvino-int8)")
+    compiled = open_openvino(ir, physical_cores())
+
+    def probs(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        logits = openvino_logits(compiled, ids, mask)
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+
+    return batched_probs({"openvino": probs}, model.encoder(), texts, batch_size, progress)["openvino"]
+
+
 def checkpoint_scorer(checkpoint: Path, texts: list[str], batch_size: int) -> Callable[[], np.ndarray]:
     return lambda: checkpoint_probs(checkpoint, texts, batch_size)[0]
 
 
 def model_dir_scorer(model_dir: Path, texts: list[str], batch_size: int) -> Callable[[], np.ndarray]:
     return lambda: model_dir_probs(read_model_dir(model_dir), texts, batch_size)
+
+
+def openvino_scorer(model_dir: Path, texts: list[str], batch_size: int) -> Callable[[], np.ndarray]:
+    return lambda: openvino_probs(read_model_dir(model_dir), texts, batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     reference: np.ndarray | None = None
     engines = [("pytorch fp32", checkpoint_scorer(args.checkpoint, texts, args.batch_size))] if args.checkpoint else []
     engines += [(f"onnx {d}", model_dir_scorer(d, texts, args.batch_size)) for d in args.model_dir]
+    if args.openvino:
+        engines += [(f"openvino {d}", openvino_scorer(d, texts, args.batch_size)) for d in args.model_dir]
     for name, score in engines:
         start = time.perf_counter()
         try:
