@@ -4,10 +4,11 @@ together from one model directory with the machine's core layout applied."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.layout import cuda_wanted, thread_layout, uses_cuda
-from core.modeldir import read_model_dir
+from core.modeldir import ModelDir, read_model_dir
 from server.config import ServerConfig
 from server.encoder import Encoder, ModelEncoder
 from server.engine import AUTO, DEFAULT_ENGINE, Engine, build_engine
@@ -40,11 +41,7 @@ def load_model(config: ServerConfig, resolved: EngineChoice | None = None) -> Se
     encoder = ModelEncoder(model, config.truncate)
 
     def build(gpu: bool) -> OnnxRunner:
-        workers, intra = thread_layout(config.inference_workers, config.intra_op_threads, gpu)
-
-        def engine(name: str) -> Engine:
-            return build_engine(name, model, workers, intra, config.inter_op_threads, gpu=gpu and name == "ort")
-
+        engine = engine_builder(config, model, gpu)
         if resolved is not None and not gpu:
             chosen = engine(resolved.name)
             reason = f"auto, measured once by the --processes supervisor for every process: {resolved.reason}"
@@ -62,8 +59,7 @@ def load_model(config: ServerConfig, resolved: EngineChoice | None = None) -> Se
         runner.info["engine"] = {"requested": requested, **choice.to_dict(), **runner.info["engine"]}
         return runner
 
-    # Only ONNX Runtime runs on a GPU; an engine asked for by name runs where it runs.
-    gpu = cuda_wanted(model.serving) and config.engine in (AUTO, DEFAULT_ENGINE)
+    gpu = wants_gpu(config, model)
     runner = build(gpu)
     if gpu and not uses_cuda(runner.info.get("providers", ())):
         log.warning("model exported for a GPU, but ONNX Runtime's CUDA provider did not start: serving on CPU")
@@ -77,16 +73,26 @@ def load_model(config: ServerConfig, resolved: EngineChoice | None = None) -> Se
     return ServedModel(encoder, runner)
 
 
-def resolve_engine(config: ServerConfig) -> EngineChoice:
-    """What --engine resolves to for this config's layout, the engines built, timed and dropped
-    (server/engine_probe.py, for the --processes supervisor). Raises ModelDirError or EngineError."""
-    model = read_model_dir(config.model_dir)
-    specials = model.encoder().specials
-    gpu = cuda_wanted(model.serving) and config.engine in (AUTO, DEFAULT_ENGINE)
+def wants_gpu(config: ServerConfig, model: ModelDir) -> bool:
+    """Only ONNX Runtime runs on a GPU; an engine asked for by name runs where it runs."""
+    return cuda_wanted(model.serving) and config.engine in (AUTO, DEFAULT_ENGINE)
+
+
+def engine_builder(config: ServerConfig, model: ModelDir, gpu: bool) -> Callable[[str], Engine]:
+    """Engine name -> that engine for `model`, with the thread layout of `config` on this device."""
     workers, intra = thread_layout(config.inference_workers, config.intra_op_threads, gpu)
 
     def engine(name: str) -> Engine:
         return build_engine(name, model, workers, intra, config.inter_op_threads, gpu=gpu and name == "ort")
 
-    _, choice = select_engine(config.engine, model, engine, specials, gpu=gpu)
+    return engine
+
+
+def resolve_engine(config: ServerConfig) -> EngineChoice:
+    """What --engine resolves to for this config's layout, the engines built, timed and dropped
+    (server/engine_probe.py, for the --processes supervisor). Raises ModelDirError or EngineError."""
+    model = read_model_dir(config.model_dir)
+    gpu = wants_gpu(config, model)
+    build = engine_builder(config, model, gpu)
+    _, choice = select_engine(config.engine, model, build, model.encoder().specials, gpu=gpu)
     return choice
