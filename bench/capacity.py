@@ -4,6 +4,8 @@
 2. `python -m server` with dynamic batching, --rounds times, each round a fresh server
    between two runs of the ceiling's configuration: its capacity is the median round, and
    2/1 the median of the rounds' own ratios;
+2o. the same server with `--engine ort` (today's engine), searched right after 2 in each round,
+   where auto weighs more than one engine: 2 / 2o is what auto's choice buys;
 2c. the server's batcher and inference workers in this process, without HTTP
    (bench/inprocess.py): splits 2's gap to 1 into queueing and HTTP;
 2b. the same server with one inference worker using every core;
@@ -37,6 +39,7 @@ from bench.overhead import run_overhead
 from bench.procs import server_command
 from bench.queueing import searched_fractions
 from bench.rates import SEARCH_START
+from bench.record import fmt
 from bench.search import search_in_process, serve_and_search, workload
 from server.config import ServerConfig
 from server.config import parse_config as parse_server_config
@@ -87,11 +90,14 @@ def run_capacity(config: BenchConfig, argv: list[str]) -> int:
         targets.append(("fastapi_uvicorn", fastapi_command(cores), ()))
     results: dict[str, Any] = {}
     config.log_dir.mkdir(parents=True, exist_ok=True)
+    baseline = ort_baseline(config, ceiling["engines"], served(workers, threads, config.max_batch_size))
     for name, cmd, fractions in targets:
         if name != "server":
             results[name] = serve_and_search(name, cmd, bodies, config, fractions)
             continue
-        results[name] = server_rounds(config, cmd, bodies, texts, tokens, ceiling, fractions)
+        results[name] = server_rounds(config, cmd, bodies, texts, tokens, ceiling, fractions, baseline)
+        if baseline:
+            results["server_ort"] = results[name].pop("baseline")
         if "in_process" not in config.skipped:
             # The same settings as the served command line, parsed by the server's own parser.
             served_config = parse_server_config(cmd[cmd.index("--model-dir") :])
@@ -133,6 +139,15 @@ def fastapi_command(cores: int) -> list[str]:
     ]
 
 
+def ort_baseline(config: BenchConfig, engines: list[str], cmd: list[str]) -> list[str] | None:
+    """Configuration 2o, today's engine: the server of 2 with `--engine ort`, searched in the same
+    rounds as 2 (right after each), so auto's gain is a ratio of one run on the same texts. None
+    where auto has nothing to weigh (ONNX Runtime alone), the engine is pinned, or it is skipped."""
+    if len(engines) < 2 or "--engine" in shlex.split(config.server_args) or "ort" in config.skipped:
+        return None
+    return [*cmd, "--engine", "ort"]
+
+
 def torch_command(config: BenchConfig, cores: int) -> list[str]:
     """Configuration 4's served command line: the PyTorch baseline on the checkpoint."""
     return [
@@ -158,13 +173,27 @@ def server_rounds(
     tokens: list[int],
     ceiling: dict[str, Any],
     fractions: tuple[float, ...],
+    baseline: list[str] | None = None,
 ) -> dict[str, Any]:
     """Configuration 2, `config.rounds` times: each round a fresh server, searched between two
     runs of the ceiling's configuration, so each round's ratio is against the ceiling of its
-    own minutes. Returns the median round (by capacity), with every round under "rounds"."""
+    own minutes. Returns the median round (by capacity), with every round under "rounds".
+    With `baseline` (2o, ort_baseline) each round also searches it, right after 2: each round's
+    `vs_ort` is 2's capacity over 2o's, and "baseline" holds 2o's median round."""
     rounds, before = [], repeat_ceiling(config, texts, tokens, ceiling, "before round 1")
+    baselines: list[dict[str, Any]] = []
     for k in range(1, config.rounds + 1):
         result = serve_and_search("server", cmd, bodies, config, fractions, log_name=f"server-round{k}")
+        if baseline:
+            other = serve_and_search("server_ort", baseline, bodies, config, log_name=f"server-ort-round{k}")
+            other["round"] = k
+            baselines.append(other)
+            result["vs_ort"] = result["capacity_rps"] / other["capacity_rps"] if other["capacity_rps"] else None
+            print(
+                f"[server_ort] round {k}: {other['capacity_rps']:.1f} req/s with --engine ort; "
+                f"2 / 2o = {fmt(result['vs_ort'], '.2f', 'x')}",
+                flush=True,
+            )
         after = repeat_ceiling(config, texts, tokens, ceiling, f"after round {k}")
         beside = (before + after) / 2
         result.update(round=k, ceiling_beside=beside, vs_ceiling=result["capacity_rps"] / beside if beside else None)
@@ -179,10 +208,18 @@ def server_rounds(
         )
         rounds.append(result)
         before = after
-    median = statistics.median_low(r["capacity_rps"] for r in rounds)
-    chosen = next(r for r in rounds if r["capacity_rps"] == median)
+    chosen = median_round(rounds)
     summary = [{k: v for k, v in r.items() if k not in ("ready", "model_info")} for r in rounds]
-    return {**chosen, "rounds": summary}
+    out = {**chosen, "rounds": summary}
+    if baselines:
+        out["baseline"] = {**median_round(baselines), "rounds": [{**b, "model_info": {}} for b in baselines]}
+    return out
+
+
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round of median capacity (the lower one of an even count)."""
+    median = statistics.median_low(r["capacity_rps"] for r in rounds)
+    return next(r for r in rounds if r["capacity_rps"] == median)
 
 
 def ideal_search(

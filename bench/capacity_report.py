@@ -14,7 +14,15 @@ from bench.rates import SEARCH_GROWTH, SEARCH_START
 from bench.ratios import ratio_lines, summarize
 from bench.record import fmt, write_json
 
-SERVED = ("server", "in_process", "server_single_worker", "server_batch1", "torch_baseline", "fastapi_uvicorn")
+SERVED = (
+    "server",
+    "server_ort",
+    "in_process",
+    "server_single_worker",
+    "server_batch1",
+    "torch_baseline",
+    "fastapi_uvicorn",
+)
 
 
 def write_report(out_dir: Path, results: dict) -> list[Path]:
@@ -92,13 +100,21 @@ def render_markdown(r: dict) -> str:
         f"best engine, layout ({_layout(c.get('best_layout'))}) and batch size "
         f"({c['best_batch_size']}), {_runs(c)} | {fmt(c['texts_per_s'])} (texts/s) | | | | | | | | |",
         _row(
-            f"2. server, dynamic batching ({_workers(r['server'])}, max batch {cfg['max_batch_size']} texts"
-            + _batching(r["server"])
-            + ")"
-            + _median_of(r["server"]),
+            f"2. server, dynamic batching ({_engine(r['server'])}{_workers(r['server'])}, max batch "
+            f"{cfg['max_batch_size']} texts" + _batching(r["server"]) + ")" + _median_of(r["server"]),
             r["server"],
         ),
     ]
+    if "server_ort" in r:
+        lines.append(
+            _row(
+                f"2o. the same server with --engine ort, today's engine ({_workers(r['server_ort'])}"
+                + _batching(r["server_ort"])
+                + "), searched right after 2 in each round"
+                + _median_of(r["server_ort"]),
+                r["server_ort"],
+            )
+        )
     if "in_process" in r:
         lines.append(
             _row(
@@ -147,6 +163,8 @@ def render_markdown(r: dict) -> str:
                 f"| {engine} | {layout[0]} x {layout[1]} | " + " | ".join(fmt(cells.get(b)) for b in sizes) + " |"
             )
     rounds = r["server"].get("rounds") or []
+    ort_rounds = {e["round"]: e for e in (r.get("server_ort") or {}).get("rounds") or []}
+    paired = bool(ort_rounds)
     if len(rounds) > 1:
         searches = next((e["ideal_same_search"]["searches"] for e in rounds if e.get("ideal_same_search")), "n/a")
         lines += [
@@ -158,8 +176,9 @@ def render_markdown(r: dict) -> str:
             "simulation: the median and quartiles of what it found, as a share of the ceiling beside the round.",
             "",
             "| round | capacity (req/s) | ceiling beside it (texts/s) | capacity / ceiling beside it | "
-            "ideal server, same search: median (quartiles) | capacity / ideal's | p95 ms at capacity | steps |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "ideal server, same search: median (quartiles) | capacity / ideal's | p95 ms at capacity | steps |"
+            + (" 2o, --engine ort (req/s) | 2 / 2o |" if paired else ""),
+            "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if paired else ""),
         ]
         for e in rounds:
             at = e.get("at_capacity") or {}
@@ -175,6 +194,12 @@ def render_markdown(r: dict) -> str:
                 f"| {e['round']} | {prefix}{fmt(e['capacity_rps'])} | {fmt(e.get('ceiling_beside'))} | "
                 f"{fmt(e.get('vs_ceiling'), '.0%')} | {ideal_cell} | "
                 f"{fmt(e.get('vs_ideal_same_search'), '.0%')} | {fmt(at.get('p95_ms'), '.0f')} | {search} |"
+                + (
+                    f" {fmt((ort_rounds.get(e['round']) or {}).get('capacity_rps'))} | "
+                    f"{fmt(e.get('vs_ort'), '.2f', 'x')} |"
+                    if paired
+                    else ""
+                )
             )
     lines += [
         "",
@@ -308,6 +333,15 @@ def _batching(entry: dict) -> str:
 
 
 ENGINE_NAMES = {"ort": "ONNX Runtime", "ort-openvino": "ONNX Runtime (OpenVINO provider)", "openvino": "OpenVINO"}
+
+
+def _engine(entry: dict) -> str:
+    """'OpenVINO (auto), ' as the server reported its engine (GET /v1/model); '' where it did not."""
+    engine = (entry.get("model_info") or {}).get("engine") or {}
+    if "name" not in engine:
+        return ""
+    name = ENGINE_NAMES.get(engine["name"], engine["name"])
+    return f"{name} ({engine['requested']}), " if engine.get("requested") else f"{name}, "
 
 
 def _layout(layout) -> str:

@@ -16,7 +16,7 @@ from core.cli import opt
 from loadtest.texts import DEFAULT_DATA_DIR
 
 PROG = "python -m bench"
-SKIPPABLE = ("in_process", "single_worker", "batch1", "torch", "fastapi", "overhead")
+SKIPPABLE = ("in_process", "single_worker", "batch1", "ort", "torch", "fastapi", "overhead")
 QUICK: dict[str, Any] = {
     "texts": 96,
     "duration_s": 4.0,

@@ -11,6 +11,14 @@ from bench.rates import SEARCH_GROWTH, SEARCH_START
 from bench.record import fmt
 
 TARGETS = {"capacity_vs_ceiling": 0.85, "vs_torch": 4.0}
+# Issue 20: --engine auto >= 1.25x today's engine where static int8 has VNNI or AMX kernels; on
+# any other CPU never slower (auto falls back).
+FAST_INT8_FLAGS = ("avx512_vnni", "amx_int8")
+VS_ORT = {"fast_int8": 1.25, "other": 1.0}
+
+
+def vs_ort_target(cpu_flags: list[str]) -> float:
+    return VS_ORT["fast_int8"] if set(cpu_flags) & set(FAST_INT8_FLAGS) else VS_ORT["other"]
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +45,10 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     if results.get("server_single_worker"):
         one = results["server_single_worker"]["capacity_rps"]
         out["vs_single_worker"] = server / one if one else None
+    vs_ort = [r["vs_ort"] for r in results["server"].get("rounds", []) if r.get("vs_ort") is not None]
+    if vs_ort:  # paired per round: 2o ran right after 2 on the same texts
+        out["vs_ort"] = statistics.median(vs_ort)
+        out["vs_ort_target"] = vs_ort_target(results["machine"].get("cpu_flags") or [])
     if "server_batch1" in results:
         b1 = results["server_batch1"]["capacity_rps"]
         out["vs_batch1"] = server / b1 if b1 else None
@@ -115,6 +127,15 @@ def ratio_lines(r: dict[str, Any]) -> list[str]:
         )
     if "vs_single_worker" in s:
         lines.append(_ratio("2 / 2b: inference workers / one worker on every core", s["vs_single_worker"], None))
+    if "vs_ort" in s:
+        lines.append(
+            _ratio(
+                "2 / 2o: --engine auto / today's engine (ONNX Runtime dynamic int8), median of the rounds' ratios "
+                "(target: 1.25x with AVX-512 VNNI or AMX, else never slower)",
+                s["vs_ort"],
+                s["vs_ort_target"],
+            )
+        )
     if "vs_batch1" in s:
         lines.append(_ratio("2 / 3: dynamic batching / batch size 1", s["vs_batch1"], None))
     if "vs_torch" in s:

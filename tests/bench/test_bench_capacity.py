@@ -190,3 +190,45 @@ def test_the_ceiling_measures_every_engine_auto_would_weigh(tiny_model_dir, tiny
 
     assert ceiling_engines(tiny_model_dir) == ["ort"]  # OpenVINO installed or not: the export did not check it
     assert ceiling_engines(tiny_openvino_model_dir) == ["ort", "openvino"]
+
+
+def test_bench_pairs_auto_with_todays_engine_where_auto_weighs_several(tiny_openvino_model_dir, tmp_path, capsys):
+    # The export checked OpenVINO too, so auto has a choice: each round searches the same server with
+    # --engine ort right after 2, and 2 / 2o is the median of the rounds' own ratios.
+    out = tmp_path / "docs"
+    code = bench_main(
+        [
+            *("--model-dir", str(tiny_openvino_model_dir), "--quick", "--texts", "16", "--duration-s", "1"),
+            *("--max-steps", "1", "--probe-s", "0.5", "--ceiling-s", "0.2", "--max-batch-size", "4"),
+            *("--output-dir", str(out), "--log-dir", str(tmp_path / "logs"), "--data-dir", str(tmp_path / "none")),
+            *("--skip", "in_process,single_worker,batch1,torch,fastapi,overhead", "--rounds", "2"),
+            *("--inference-workers", "2", "--intra-op-threads", "1", "--retries", "0", "--quiet-wait-s", "0"),
+        ]
+    )
+    assert code == 0, capsys.readouterr()
+    results = json.loads((out / "benchmarks.json").read_text())
+    assert results["ceiling"]["engines"] == ["ort", "openvino"]
+    baseline, rounds = results["server_ort"], results["server"]["rounds"]
+    assert baseline["command"].split("--port")[0].rstrip().endswith("--engine ort")
+    assert baseline["model_info"]["engine"]["name"] == "ort" and [r["round"] for r in baseline["rounds"]] == [1, 2]
+    assert results["server"]["model_info"]["engine"]["requested"] == "auto"
+    for r, b in zip(rounds, baseline["rounds"], strict=True):
+        assert r["vs_ort"] == pytest.approx(r["capacity_rps"] / b["capacity_rps"])
+        assert (tmp_path / "logs" / f"server-ort-round{r['round']}.log").is_file()
+    summary = results["summary"]
+    assert summary["vs_ort"] == pytest.approx(statistics.median(r["vs_ort"] for r in rounds))
+    fast = {"avx512_vnni", "amx_int8"} & set(results["machine"]["cpu_flags"])
+    assert summary["vs_ort_target"] == (1.25 if fast else 1.0)
+    md = (out / "BENCHMARKS.md").read_text()
+    assert "| 2o. the same server with --engine ort, today's engine (2 inference workers x 1 thread" in md
+    assert "| 2 / 2o: --engine auto / today's engine" in md and "2o, --engine ort (req/s) | 2 / 2o |" in md
+    assert "- server_ort: `python -m server --model-dir " in md
+    # Pinning the engine leaves nothing to pair: 2o is not run.
+    from bench.capacity import ort_baseline
+    from bench.config import BenchConfig
+
+    pinned = BenchConfig(model_dir=tiny_openvino_model_dir, skip="torch", server_args="--engine openvino")
+    assert ort_baseline(pinned, ["ort", "openvino"], ["server"]) is None
+    free = BenchConfig(model_dir=tiny_openvino_model_dir, skip="torch")
+    assert ort_baseline(free, ["ort"], ["server"]) is None
+    assert ort_baseline(free, ["ort", "openvino"], ["server"]) == ["server", "--engine", "ort"]

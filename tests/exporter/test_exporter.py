@@ -386,3 +386,21 @@ def test_random_text_is_no_reference(tiny_checkpoint):
 
     encoder = TextEncoder.from_file(tiny_checkpoint / "tokenizer.json", TruncationConfig(64))
     assert input_reference(encoder, EvalSet(["some random words"], None, "random text"), {0: "negative"}) is None
+
+
+def test_gate_takes_a_drop_of_exactly_the_limit():
+    # 5 reviews of 1,000 at the default 0.5 points: 0.8900 - 0.8850 is 0.50000000000000044 in floats.
+    from exporter.parity import gate_failures
+
+    def parity(pytorch: int, onnx: int, agree: int) -> dict:
+        return {
+            "label_agreement": agree / 1000,
+            "pytorch_accuracy": pytorch / 1000,
+            "onnx_accuracy": onnx / 1000,
+            "accuracy_drop_points": 100.0 * (pytorch / 1000 - onnx / 1000),
+        }
+
+    assert parity(890, 885, 980)["accuracy_drop_points"] > 0.5  # else this test proves nothing
+    assert gate_failures(parity(890, 885, 980), 0.5, 0.98) == []
+    failures = gate_failures(parity(890, 884, 979), 0.5, 0.98)
+    assert len(failures) == 2 and "accuracy drop 0.60 points" in failures[1] and "0.9790 < " in failures[0]
