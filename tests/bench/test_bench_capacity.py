@@ -234,3 +234,19 @@ def test_bench_pairs_auto_with_todays_engine_where_auto_weighs_several(tiny_open
     free = BenchConfig(model_dir=tiny_openvino_model_dir, skip="torch")
     assert ort_baseline(free, ["ort"], ["server"]) is None
     assert ort_baseline(free, ["ort", "openvino"], ["server"]) == ["server", "--engine", "ort"]
+
+
+def test_the_rounds_table_pairs_each_round_with_its_2o():
+    # The Zen 5 run in docs/engines/ (three rounds, auto against --engine ort), rendered again.
+    from pathlib import Path
+
+    from bench.capacity_report import render_markdown
+
+    recorded = Path(__file__).parents[2] / "docs" / "engines" / "benchmarks-zen5-auto-vs-ort.json"
+    md = render_markdown(json.loads(recorded.read_text()))
+    assert "| 2o, --engine ort (req/s) | 2 / 2o |" in md
+    assert "| 143.9 | 1.18x |" in md and "| 132.2 | 1.48x |" in md
+    assert (
+        "| 2 / 2o: --engine auto / today's engine (ONNX Runtime dynamic int8)" in md
+        and "| 1.18x | >= 1.25x | no |" in md
+    )
