@@ -37,10 +37,12 @@ def test_the_ir_is_written_beside_model_onnx_and_recorded_per_engine(tiny_openvi
     assert set(model.checked_engines()) == {"ort", "openvino"}
 
 
-def test_the_ir_faces_the_same_gate(tiny_checkpoint, tmp_path, capsys):
+def test_the_ir_faces_the_same_gate(tiny_checkpoint, tmp_path, capsys, eval_dir):
     pytest.importorskip("nncf", reason="the openvino extra is not installed (pip install '.[openvino]')")
     out = tmp_path / "model"
+    # Labelled reviews: without them (random text, a clean clone without data/imdb) no accuracy, no drop to gate.
     args = ["--checkpoint", str(tiny_checkpoint), "--output-dir", str(out), "--eval-samples", "8"]
+    args += ["--eval-data", str(eval_dir)]
     args += ["--no-calibrate", "--min-agreement", "0", "--latency-repeats", "1", "--openvino-int8"]
     args += ["--openvino-calibration-samples", "8"]
     # A drop of 0 points is over a limit of -1 for every graph: the IR's failure is named too.
