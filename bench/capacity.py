@@ -208,12 +208,15 @@ def server_rounds(
         )
         rounds.append(result)
         before = after
-    chosen = median_round(rounds)
-    summary = [{k: v for k, v in r.items() if k not in ("ready", "model_info")} for r in rounds]
-    out = {**chosen, "rounds": summary}
+    out = {**median_round(rounds), "rounds": round_summaries(rounds)}
     if baselines:
-        out["baseline"] = {**median_round(baselines), "rounds": [{**b, "model_info": {}} for b in baselines]}
+        out["baseline"] = {**median_round(baselines), "rounds": round_summaries(baselines)}
     return out
+
+
+def round_summaries(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every round without what the median round already carries (its /readyz and /v1/model)."""
+    return [{k: v for k, v in r.items() if k not in ("ready", "model_info")} for r in rounds]
 
 
 def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
